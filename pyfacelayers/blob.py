@@ -1,0 +1,122 @@
+"""Blob: Caffe's N-d array pair (data and diff), with pycaffe's Python interface."""
+
+import numpy as np
+
+from . import backend
+
+
+class Blob:
+    """Data and diff arrays of one shape and dtype, on the CPU (numpy) or GPU (cupy).
+
+    As in pycaffe, ``blob.data`` and ``blob.diff`` are the arrays themselves, so
+    ``blob.data[...] = x`` writes into the blob; assigning ``blob.data = x`` copies
+    ``x`` in (its shape must match).
+    """
+
+    def __init__(self, shape=(), dtype=np.float32, xp=None):
+        self.dtype = np.dtype(dtype)
+        self._xp = xp or backend.xp()
+        self._shape = None
+        self._data = self._diff = None
+        self.reshape(*tuple(shape))
+
+    # -- shape ---------------------------------------------------------------
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            raise ValueError("Blob.reshape: negative dimension in %s" % (shape,))
+        if shape != self._shape:
+            self._shape = shape
+            self._data = self._xp.zeros(shape, dtype=self.dtype)
+            self._diff = self._xp.zeros(shape, dtype=self.dtype)
+
+    def reshape_like(self, other):
+        self.reshape(other.shape)
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def count(self):
+        return int(np.prod(self._shape, dtype=np.int64)) if self._shape else 1
+
+    def count_from(self, start, end=None):
+        dims = self._shape[start:end]
+        return int(np.prod(dims, dtype=np.int64)) if dims else 1
+
+    def canonical_axis(self, axis):
+        n = len(self._shape)
+        if not -n <= axis < n:
+            raise ValueError("axis %d out of range for a %d-D blob %s" % (axis, n, self._shape))
+        return axis % n
+
+    def _legacy_dim(self, i):
+        # pycaffe's num/channels/height/width: 1 for missing axes of a <4-D blob.
+        if len(self._shape) > 4:
+            raise ValueError("num/channels/height/width need a blob of at most 4 axes")
+        return self._shape[i] if i < len(self._shape) else 1
+
+    num = property(lambda self: self._legacy_dim(0))
+    channels = property(lambda self: self._legacy_dim(1))
+    height = property(lambda self: self._legacy_dim(2))
+    width = property(lambda self: self._legacy_dim(3))
+
+    # -- arrays --------------------------------------------------------------
+    @property
+    def xp(self):
+        return self._xp
+
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data[...] = self._checked(value, "data")
+
+    @property
+    def diff(self):
+        return self._diff
+
+    @diff.setter
+    def diff(self, value):
+        self._diff[...] = self._checked(value, "diff")
+
+    def _checked(self, value, what):
+        shape = tuple(getattr(value, "shape", np.shape(value)))
+        if shape != self._shape and int(np.prod(shape, dtype=np.int64)) != self.count:
+            raise ValueError("cannot assign an array of shape %s to blob %s of shape %s"
+                             % (shape, what, self._shape))
+        value = self._xp.asarray(value, dtype=self.dtype)
+        return value.reshape(self._shape)
+
+    def share_data(self, other):
+        """View ``other``'s data in this blob's shape (Caffe's ShareData; same count)."""
+        self._check_same_count(other)
+        self._data = other.data.reshape(self._shape)
+
+    def share_diff(self, other):
+        """View ``other``'s diff in this blob's shape (Caffe's ShareDiff; same count)."""
+        self._check_same_count(other)
+        self._diff = other.diff.reshape(self._shape)
+
+    def _check_same_count(self, other):
+        if other.count != self.count:
+            raise ValueError("cannot share a blob of %d elements with one of %d"
+                             % (other.count, self.count))
+
+    def to(self, xp):
+        """Move both arrays to another array module (numpy <-> cupy)."""
+        if xp is self._xp:
+            return
+        if xp is np:
+            self._data, self._diff = backend.to_numpy(self._data), backend.to_numpy(self._diff)
+        else:
+            self._data, self._diff = xp.asarray(self._data), xp.asarray(self._diff)
+        self._xp = xp
+
+    def __repr__(self):
+        return "Blob(shape=%s, dtype=%s)" % (self._shape, self.dtype.name)

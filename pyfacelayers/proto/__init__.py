@@ -1,0 +1,1 @@
+"""The Caffe protobuf schema (``caffe_pb2``), as in pycaffe's ``caffe.proto``."""

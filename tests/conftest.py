@@ -1,0 +1,34 @@
+"""Shared test helpers: where ../shared is, and the norm-relative comparison."""
+
+import os
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+FIXTURES = os.path.join(SHARED, "fixtures", "caffe-ref")
+NETS = os.path.join(SHARED, "nets")
+
+
+def shared_path(*parts):
+    """A path under ../shared, or skip the test (with the reason) when absent."""
+    path = os.path.join(SHARED, *parts)
+    if not os.path.exists(path):
+        pytest.skip("../shared/%s is not present (read-only reference data)" % "/".join(parts))
+    return path
+
+
+def rel_error(actual, expected):
+    """||actual - expected|| / ||expected|| (absolute error when expected is zero)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    diff = np.linalg.norm((actual - expected).ravel())
+    norm = np.linalg.norm(expected.ravel())
+    return diff / norm if norm > 0 else diff
+
+
+def assert_close(actual, expected, tol, what=""):
+    err = rel_error(actual, expected)
+    assert err <= tol, "%s: relative error %.3g > %.1g" % (what, err, tol)
