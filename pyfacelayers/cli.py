@@ -1,0 +1,42 @@
+"""The ``pyfacelayers`` command line, mirroring Caffe's ``caffe`` tool.
+
+Each module of :mod:`pyfacelayers.commands` adds one subcommand through its
+``register(subparsers)`` function, which sets ``func`` (taking the parsed args and
+returning an exit code) on its parser.
+"""
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from . import __version__, commands
+from .errors import PyFaceLayersError
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="pyfacelayers",
+        description="Run and train Caffe face-recognition nets (SphereFace) without Caffe.")
+    parser.add_argument("--version", action="version", version="pyfacelayers " + __version__)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module("%s.%s" % (commands.__name__, module.name)).register(subparsers)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except (PyFaceLayersError, OSError, ValueError) as exc:
+        print("pyfacelayers %s: error: %s" % (args.command, exc), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``pyfacelayers`` command line (one module each)."""
