@@ -59,3 +59,20 @@ def array_to_blob(array, diff=None, legacy_shape=False):
         if diff is not None:
             blob.diff.extend(np.asarray(diff, np.float32).ravel().tolist())
     return blob
+
+
+def legacy_shape_matches(blob, shape):
+    """Caffe's Blob::ShapeEquals: does a stored BlobProto fit a blob of ``shape``?
+
+    With legacy num/channels/height/width set, the four numbers are compared with
+    ``shape`` aligned to the right, missing leading axes counting as 1 (so an
+    InnerProduct weight (N, K) matches 1,1,N,K but not N,K,1,1). Otherwise
+    ``shape.dim`` must equal ``shape`` exactly.
+    """
+    shape = tuple(int(d) for d in shape)
+    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
+        if len(shape) > 4:
+            return False
+        padded = (1,) * (4 - len(shape)) + shape
+        return padded == (blob.num, blob.channels, blob.height, blob.width)
+    return tuple(int(d) for d in blob.shape.dim) == shape

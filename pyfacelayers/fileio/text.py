@@ -1,0 +1,73 @@
+"""Text prototxt files: nets and solvers, read (with legacy upgrade) and written."""
+
+import os
+import re
+
+from google.protobuf import text_format
+
+from ..errors import FormatError
+from ..proto import caffe_pb2
+from .atomic import atomic_write
+from .upgrade import upgrade_net, upgrade_solver
+
+_LOCATION = re.compile(r"^(\d+):(\d+)\s*:\s*(.*)$", re.S)
+
+
+def read_text_file(path):
+    """The text of a prototxt file; a clear error for a missing or binary file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError("no such file: %s" % path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        raise FormatError("this is a binary file, expected a text .prototxt "
+                          "(is it a .caffemodel? load weights with copy_from / --weights)", path)
+    return text
+
+
+def parse_text(text, message, path="<string>"):
+    """Parse prototxt ``text`` into ``message``; errors carry file, line and column."""
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        m = _LOCATION.match(str(exc))
+        if m:
+            raise FormatError(m.group(3), path, int(m.group(1)), int(m.group(2))) from None
+        raise FormatError(str(exc), path) from None
+    return message
+
+
+def _looks_like_path(source):
+    return "\n" not in source and "{" not in source and ":" not in source.split("/")[-1]
+
+
+def _read(source, message_class, upgrade):
+    source = os.fspath(source)
+    if os.path.exists(source) or _looks_like_path(source):
+        message = parse_text(read_text_file(source), message_class(), source)
+        return upgrade(message, source)
+    return upgrade(parse_text(source, message_class()), "<string>")
+
+
+def read_net(source):
+    """A NetParameter from a .prototxt path or prototxt text, upgraded to the current form."""
+    return _read(source, caffe_pb2.NetParameter, upgrade_net)
+
+
+def read_solver(source):
+    """A SolverParameter from a solver .prototxt path or text (``solver_type`` upgraded)."""
+    return _read(source, caffe_pb2.SolverParameter, upgrade_solver)
+
+
+def message_to_text(message):
+    return text_format.MessageToString(message)
+
+
+def write_prototxt(path, message):
+    """Write any Caffe message as prototxt text, atomically."""
+    atomic_write(path, message_to_text(message))
