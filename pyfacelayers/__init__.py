@@ -1,8 +1,32 @@
 """pyfacelayers: run and train legacy Caffe face-recognition nets without Caffe.
 
-``import pyfacelayers as caffe`` gives pycaffe's API (``caffe.Net``, ``caffe.TRAIN``,
-``caffe.SGDSolver``, ...); the SphereFace ``MarginInnerProduct`` layer runs in C++
-(and CUDA when built with nvcc).
+``import pyfacelayers as caffe`` gives pycaffe's API: ``caffe.Net``, ``caffe.TRAIN`` /
+``caffe.TEST``, ``caffe.set_mode_cpu()`` / ``set_mode_gpu()`` / ``set_device(i)``,
+``caffe.set_random_seed``, ``caffe.SGDSolver`` and the other solvers,
+``caffe.get_solver``, ``caffe.io`` and ``caffe.proto.caffe_pb2``. The SphereFace
+``MarginInnerProduct`` layer runs in C++ (and CUDA when built with nvcc).
 """
 
 __version__ = "0.1.0"
+
+from . import proto  # noqa: E402
+from .backend import set_device, set_mode_cpu, set_mode_gpu  # noqa: E402
+from .blob import Blob  # noqa: E402
+from .layers import Layer, registered_types  # noqa: E402
+from .net import TEST, TRAIN, Net, set_random_seed  # noqa: E402
+
+
+def layer_type_list():
+    """The Caffe layer types this package implements (pycaffe's layer_type_list)."""
+    return registered_types()
+
+
+def __getattr__(name):
+    # Heavier parts load on first use: caffe.io (images) and the solvers.
+    import importlib
+    if name == "io":
+        return importlib.import_module(".io", __name__)
+    if name in ("SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
+                "AdaDeltaSolver", "AdamSolver", "get_solver", "Solver"):
+        return getattr(importlib.import_module(".solvers", __name__), name)
+    raise AttributeError("module 'pyfacelayers' has no attribute %r" % name)

@@ -1,0 +1,433 @@
+"""Net: Caffe's Net<Dtype> built from a NetParameter, with pycaffe's Python API.
+
+Construction follows Caffe's Net::Init: filter layers by the NetState, insert Split
+layers, create and set up each layer, wire in-place tops, share parameters named by
+``param { name }``, and work out which layers and bottoms need a backward pass.
+"""
+
+from collections import OrderedDict
+
+import numpy as np
+
+from . import backend
+from .blob import Blob
+from .errors import FormatError, NetError
+from .fileio import (blob_to_array, legacy_shape_matches, read_caffemodel, read_net,
+                     write_caffemodel)
+from .fileio.blobs import array_to_blob
+from .layers import create_layer
+from .net_graph import filter_net, insert_splits
+from .proto import caffe_pb2
+
+TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+_random = {"seed": None}
+
+
+def set_random_seed(seed):
+    """Seed every net built afterwards (pycaffe's caffe.set_random_seed)."""
+    _random["seed"] = int(seed)
+
+
+def _layer_rngs(seed, count):
+    sequence = np.random.SeedSequence(seed)
+    return [np.random.default_rng(s) for s in sequence.spawn(count)]
+
+
+class Net:
+    """A Caffe net.
+
+    Accepts pycaffe's forms: ``Net(prototxt, phase)``, ``Net(prototxt, weights, phase)``,
+    ``Net(prototxt, phase, weights=...)``, plus ``level``/``stages``; ``prototxt`` may
+    also be a NetParameter. ``dtype`` (float32 or float64) picks Caffe's Dtype;
+    ``seed`` seeds fillers and random layers (default: caffe.set_random_seed's value,
+    else fresh entropy, as Caffe's random_seed -1).
+    """
+
+    def __init__(self, network, *args, weights=None, phase=None, level=0, stages=(),
+                 dtype=np.float32, seed=None):
+        args = list(args)
+        if args and isinstance(args[0], (str, bytes)) or (args and hasattr(args[0], "__fspath__")):
+            weights = args.pop(0)
+        if args:
+            phase = args.pop(0)
+        if args:
+            raise TypeError("Net(network, [weights,] phase): too many positional arguments")
+        if phase is None:
+            raise TypeError("Net needs a phase (caffe.TRAIN or caffe.TEST)")
+        if isinstance(network, caffe_pb2.NetParameter):
+            param = caffe_pb2.NetParameter()
+            param.CopyFrom(network)
+        else:
+            param = read_net(network)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError("Net dtype must be float32 or float64, got %s" % self.dtype)
+        self.phase = phase
+        state = caffe_pb2.NetState(phase=phase, level=level, stage=list(stages))
+        if param.HasField("state"):
+            # Caffe merges the prototxt's state with the caller's (the caller wins).
+            merged = caffe_pb2.NetState()
+            merged.CopyFrom(param.state)
+            merged.MergeFrom(state)
+            merged.phase, merged.level = phase, level
+            state = merged
+        self.name = param.name
+        self._param = insert_splits(filter_net(param, state))
+        if seed is None:
+            seed = _random["seed"]
+        self._build(seed)
+        if weights is not None:
+            self.copy_from(weights)
+
+    # -- construction -------------------------------------------------------------
+    def _build(self, seed):
+        layer_params = list(self._param.layer)
+        rngs = _layer_rngs(seed, len(layer_params))
+        self.layers, self._layer_names = [], []
+        self.blobs = OrderedDict()
+        self.bottom_names, self.top_names = OrderedDict(), OrderedDict()
+        self._bottoms, self._tops = [], []
+        self.inputs = []
+        self._loss_weights = []  # per layer: list of (top index, weight)
+        self.blob_loss_weights = OrderedDict()
+        owners = {}  # shared param name -> (layer index, blob index)
+        self.learnable_params, self.params_lr, self.params_weight_decay = [], [], []
+        self.param_display_names = []
+        self._param_need_backward = []
+        blob_need_backward = {}
+        self._layer_need_backward, self._bottom_need_backward = [], []
+        available = []
+
+        for i, lp in enumerate(layer_params):
+            layer = create_layer(lp, phase=self.phase, dtype=self.dtype, rng=rngs[i])
+            bottoms, need_backward, bottom_need = [], False, []
+            for j, name in enumerate(lp.bottom):
+                if name not in self.blobs or name not in available:
+                    raise NetError('layer "%s" (%s): unknown bottom blob "%s" (bottom %d)'
+                                   % (lp.name, lp.type, name, j))
+                bottoms.append(self.blobs[name])
+                need_backward |= blob_need_backward[name]
+                need = blob_need_backward[name]
+                if len(lp.propagate_down):
+                    if len(lp.propagate_down) != len(lp.bottom):
+                        raise NetError('layer "%s": propagate_down has %d entries for %d '
+                                       'bottoms' % (lp.name, len(lp.propagate_down),
+                                                    len(lp.bottom)))
+                    need = lp.propagate_down[j]
+                bottom_need.append(need)
+            tops = []
+            for j, name in enumerate(lp.top):
+                in_place = j < len(lp.bottom) and lp.bottom[j] == name
+                if in_place:
+                    tops.append(self.blobs[name])
+                    continue
+                if name in self.blobs:
+                    raise NetError('layer "%s" (%s): top blob "%s" is already produced by an '
+                                   'earlier layer (only in-place tops may repeat a name)'
+                                   % (lp.name, lp.type, name))
+                self.blobs[name] = Blob((), dtype=self.dtype)
+                tops.append(self.blobs[name])
+                available.append(name)
+            for name in lp.bottom:
+                if name in available and name not in lp.top:
+                    available.remove(name)
+            if lp.type == "Input":
+                self.inputs.extend(lp.top)
+            layer.setup(bottoms, tops)
+            self._share_params(i, layer, lp, owners)
+            # Parameters: learned unless lr_mult is 0 (Caffe's param_need_backward).
+            param_need = []
+            for k in range(len(layer.blobs)):
+                lr = lp.param[k].lr_mult if k < len(lp.param) else 1.0
+                param_need.append(lr != 0)
+                need_backward |= lr != 0
+            self._param_need_backward.append(param_need)
+            # Loss weights (Caffe's SetLossWeights): explicit, else 1 on a loss layer's top 0.
+            weights = []
+            for j, name in enumerate(lp.top):
+                if j < len(lp.loss_weight):
+                    w = lp.loss_weight[j]
+                else:
+                    w = 1.0 if (j == 0 and layer.is_loss) else 0.0
+                if w:
+                    weights.append((j, w))
+                    self.blob_loss_weights[name] = w
+                else:
+                    self.blob_loss_weights.setdefault(name, 0.0)
+            self._loss_weights.append(weights)
+            for name in lp.top:
+                blob_need_backward[name] = need_backward
+            self.layers.append(layer)
+            self._layer_names.append(lp.name)
+            self.bottom_names[lp.name] = list(lp.bottom)
+            self.top_names[lp.name] = list(lp.top)
+            self._bottoms.append(bottoms)
+            self._tops.append(tops)
+            self._layer_need_backward.append(need_backward)
+            self._bottom_need_backward.append(bottom_need)
+
+        self._prune_backward(layer_params)
+        if self._param.force_backward:
+            for i, layer in enumerate(self.layers):
+                self._layer_need_backward[i] = True
+                self._bottom_need_backward[i] = [
+                    need or layer.allow_force_backward(j)
+                    for j, need in enumerate(self._bottom_need_backward[i])]
+        self.outputs = sorted(available)  # Caffe keeps them in a std::set
+        self.params = OrderedDict(
+            (name, layer.blobs) for name, layer in zip(self._layer_names, self.layers)
+            if layer.blobs)
+
+    def _share_params(self, i, layer, lp, owners):
+        for k, blob in enumerate(layer.blobs):
+            spec = lp.param[k] if k < len(lp.param) else caffe_pb2.ParamSpec()
+            shared = spec.name and spec.name in owners
+            if shared:
+                owner_layer, owner_k = owners[spec.name]
+                owner = self.layers[owner_layer].blobs[owner_k] if owner_layer < len(
+                    self.layers) else None
+                if owner.shape != blob.shape and not (
+                        spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE
+                        and owner.count == blob.count):
+                    raise NetError('layer "%s": shared parameter "%s" has shape %s here but '
+                                   '%s in its owner' % (lp.name, spec.name, blob.shape,
+                                                        owner.shape))
+                layer.blobs[k] = owner
+                continue
+            if spec.name:
+                owners[spec.name] = (i, k)
+            self.learnable_params.append(blob)
+            self.params_lr.append(spec.lr_mult)
+            self.params_weight_decay.append(spec.decay_mult)
+            self.param_display_names.append(spec.name or "%s__%d" % (lp.name, k))
+
+    def _prune_backward(self, layer_params):
+        """Caffe's backward pruning: skip layers that do not contribute to a loss."""
+        under_loss, skip = set(), set()
+        for i in range(len(self.layers) - 1, -1, -1):
+            lp = layer_params[i]
+            contributes = False
+            skip_down = True
+            loss_tops = {j for j, _ in self._loss_weights[i]}
+            for j, name in enumerate(lp.top):
+                if j in loss_tops or name in under_loss:
+                    contributes = True
+                if name not in skip:
+                    skip_down = False
+                if contributes and not skip_down:
+                    break
+            if self._layer_need_backward[i] and skip_down:
+                self._layer_need_backward[i] = False
+                self._bottom_need_backward[i] = [False] * len(lp.bottom)
+            if not contributes:
+                self._layer_need_backward[i] = False
+            for j, name in enumerate(lp.bottom):
+                if contributes:
+                    under_loss.add(name)
+                else:
+                    self._bottom_need_backward[i][j] = False
+                if not self._bottom_need_backward[i][j]:
+                    skip.add(name)
+
+    # -- running ------------------------------------------------------------------
+    def _index(self, name, default):
+        if name is None:
+            return default
+        try:
+            return self._layer_names.index(name)
+        except ValueError:
+            raise NetError('no layer named "%s"' % name) from None
+
+    def forward_from_to(self, start=0, end=None):
+        """Run layers start..end (inclusive); returns the weighted loss."""
+        end = len(self.layers) - 1 if end is None else end
+        loss = 0.0
+        for i in range(start, end + 1):
+            layer, bottom, top = self.layers[i], self._bottoms[i], self._tops[i]
+            layer.reshape(bottom, top)
+            layer.forward(bottom, top)
+            for j, weight in self._loss_weights[i]:
+                top[j].diff[...] = weight
+                loss += weight * float(top[j].data.sum())
+        return loss
+
+    def backward_from_to(self, start=None, end=0):
+        start = len(self.layers) - 1 if start is None else start
+        for i in range(start, end - 1, -1):
+            if self._layer_need_backward[i]:
+                self.layers[i].backward(self._tops[i], self._bottom_need_backward[i],
+                                        self._bottoms[i])
+
+    def forward(self, blobs=None, start=None, end=None, **kwargs):
+        """pycaffe's Net.forward: set inputs from kwargs, run, return the outputs
+        (plus the blobs named in ``blobs``) as {name: array}."""
+        for name, value in kwargs.items():
+            if name not in self.inputs:
+                raise NetError('"%s" is not an input blob of this net (inputs: %s)'
+                               % (name, ", ".join(self.inputs)))
+            blob = self.blobs[name]
+            value = np.asarray(value) if blob.xp is np else value
+            if value.shape[:1] != blob.shape[:1]:
+                raise NetError('input "%s": batch size %s differs from the blob\'s %s'
+                               % (name, value.shape[:1], blob.shape[:1]))
+            blob.data = value
+        start_i = self._index(start, 0)
+        end_i = self._index(end, len(self.layers) - 1)
+        self.forward_from_to(start_i, end_i)
+        names = list(self.outputs) if end is None else list(self.top_names[self._layer_names[end_i]])
+        names += [b for b in (blobs or []) if b not in names]
+        return {name: self.blobs[name].data for name in names}
+
+    def backward(self, diffs=None, start=None, end=None, **kwargs):
+        """pycaffe's Net.backward: set output diffs from kwargs, run, return the input
+        diffs (plus the blobs named in ``diffs``) as {name: array}."""
+        for name, value in kwargs.items():
+            if name not in self.outputs:
+                raise NetError('"%s" is not an output blob of this net' % name)
+            self.blobs[name].diff = value
+        start_i = self._index(start, len(self.layers) - 1)
+        end_i = self._index(end, 0)
+        self.backward_from_to(start_i, end_i)
+        names = list(self.inputs) if end is None else list(self.bottom_names[self._layer_names[end_i]])
+        names += [d for d in (diffs or []) if d not in names]
+        return {name: self.blobs[name].diff for name in names}
+
+    def forward_backward(self):
+        """Caffe's ForwardBackward: returns the loss after a full forward and backward."""
+        loss = self.forward_from_to()
+        self.backward_from_to()
+        return loss
+
+    def forward_all(self, blobs=None, **kwargs):
+        """pycaffe's forward_all: run the inputs through in batches; concatenated outputs."""
+        names = list(self.outputs) + [b for b in (blobs or []) if b not in self.outputs]
+        batch = self.blobs[self.inputs[0]].shape[0] if self.inputs else 1
+        total = len(next(iter(kwargs.values()))) if kwargs else batch
+        results = {name: [] for name in names}
+        for begin in range(0, total, batch):
+            chunk = {}
+            for name, value in kwargs.items():
+                part = np.asarray(value[begin:begin + batch])
+                if len(part) < batch:  # pad the last batch, as pycaffe does
+                    pad = np.zeros((batch - len(part),) + part.shape[1:], part.dtype)
+                    part = np.concatenate([part, pad])
+                chunk[name] = part
+            out = self.forward(blobs=blobs, **chunk)
+            for name in names:
+                results[name].append(backend.to_numpy(out[name]).copy())
+        count = total
+        return {name: np.concatenate(v)[:count] if v and v[0].ndim else np.array(v)
+                for name, v in results.items()}
+
+    def reshape(self):
+        for layer, bottom, top in zip(self.layers, self._bottoms, self._tops):
+            layer.reshape(bottom, top)
+
+    def clear_param_diffs(self):
+        for blob in self.learnable_params:
+            blob.diff[...] = 0
+
+    # -- weights ------------------------------------------------------------------
+    def copy_from(self, source):
+        """Copy weights by layer name from a caffemodel path or NetParameter (Caffe's
+        CopyTrainedLayersFrom); layers absent from the source keep theirs."""
+        path = None
+        if not isinstance(source, caffe_pb2.NetParameter):
+            path = str(source)
+            source = read_caffemodel(path)
+        by_name = dict(zip(self._layer_names, self.layers))
+        for lp in source.layer:
+            layer = by_name.get(lp.name)
+            if layer is None:
+                continue
+            if len(lp.blobs) != len(layer.blobs):
+                raise FormatError('layer "%s": the weights have %d blobs, the net\'s layer '
+                                  'has %d' % (lp.name, len(lp.blobs), len(layer.blobs)), path)
+            for k, (stored, blob) in enumerate(zip(lp.blobs, layer.blobs)):
+                if not legacy_shape_matches(stored, blob.shape):
+                    raise FormatError(
+                        'cannot copy param %d of layer "%s": shape mismatch, the weights '
+                        'have %s, the net has %s' % (k, lp.name, _stored_shape(stored),
+                                                     blob.shape), path)
+                values = blob_to_array(stored).reshape(blob.shape)
+                blob.data[...] = blob.xp.asarray(values, dtype=blob.dtype)
+
+    def to_proto(self, write_diff=False):
+        """The net and its weights as a NetParameter (Caffe's Net::ToProto)."""
+        out = caffe_pb2.NetParameter()
+        out.CopyFrom(self._param)
+        for lp, layer in zip(out.layer, self.layers):
+            lp.ClearField("blobs")
+            for blob in layer.blobs:
+                data = backend.to_numpy(blob.data)
+                diff = backend.to_numpy(blob.diff) if write_diff else None
+                lp.blobs.add().CopyFrom(array_to_blob(data, diff))
+        return out
+
+    def save(self, path, write_diff=False):
+        """Write the weights as a .caffemodel Caffe can read (atomically)."""
+        write_caffemodel(path, self.to_proto(write_diff))
+
+    def share_with(self, other):
+        """Use ``other``'s parameter blobs for layers of the same name (Caffe's
+        ShareTrainedLayersWith; pycaffe's share_with)."""
+        theirs = dict(zip(other._layer_names, other.layers))
+        for name, layer in zip(self._layer_names, self.layers):
+            source = theirs.get(name)
+            if source is None or not layer.blobs:
+                continue
+            if len(source.blobs) != len(layer.blobs):
+                raise NetError('layer "%s": cannot share %d blobs with %d'
+                               % (name, len(source.blobs), len(layer.blobs)))
+            for k, blob in enumerate(source.blobs):
+                if blob.shape != layer.blobs[k].shape:
+                    raise NetError('layer "%s": cannot share param %d of shape %s with %s'
+                                   % (name, k, layer.blobs[k].shape, blob.shape))
+                layer.blobs[k] = blob
+        self.params = OrderedDict((n, l.blobs) for n, l in zip(self._layer_names, self.layers)
+                                  if l.blobs)
+
+    share_trained_layers_with = share_with
+
+    # -- state Caffe has no field for (e.g. MarginInnerProduct's iteration) -------------
+    def get_layer_states(self):
+        return {name: layer.get_state() for name, layer in zip(self._layer_names, self.layers)
+                if hasattr(layer, "get_state")}
+
+    def set_layer_states(self, states):
+        by_name = dict(zip(self._layer_names, self.layers))
+        for name, state in states.items():
+            if name in by_name and hasattr(by_name[name], "set_state"):
+                by_name[name].set_state(state)
+
+    # -- device -------------------------------------------------------------------
+    def to_device(self, xp):
+        """Move every blob (and parameter) to numpy or cupy, once."""
+        for blob in self._all_blobs():
+            blob.to(xp)
+
+    def _all_blobs(self):
+        seen = set()
+        for blob in list(self.blobs.values()) + [b for l in self.layers for b in l.blobs]:
+            if id(blob) not in seen:
+                seen.add(id(blob))
+                yield blob
+
+    # -- pycaffe conveniences ------------------------------------------------------
+    @property
+    def layer_dict(self):
+        return OrderedDict(zip(self._layer_names, self.layers))
+
+    @property
+    def _blob_names(self):
+        return list(self.blobs)
+
+    def __repr__(self):
+        return '<Net "%s": %d layers, %d blobs>' % (self.name, len(self.layers), len(self.blobs))
+
+
+def _stored_shape(blob):
+    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
+        return "(%d, %d, %d, %d) (legacy num/channels/height/width)" % (
+            blob.num, blob.channels, blob.height, blob.width)
+    return tuple(int(d) for d in blob.shape.dim)
