@@ -1,0 +1,132 @@
+"""SphereFace-20 Forward+Backward on the CPU: pyfacelayers against the FLOP floor and,
+when PyTorch is installed, the same architecture in PyTorch (ratios from one run).
+
+    python bench/net.py [--batch 8] [--iters 3] [--classes 10572] [--shared ../shared]
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import pyfacelayers as caffe  # noqa: E402
+from pyfacelayers.fileio import read_net  # noqa: E402
+from pyfacelayers.input_swap import swap_data_layers  # noqa: E402
+
+
+def sphereface20(shared, batch, classes):
+    param = read_net(os.path.join(shared, "nets", "sphereface", "sphereface_model.prototxt"))
+    for layer in param.layer:
+        if layer.type == "MarginInnerProduct":
+            layer.margin_inner_product_param.num_output = classes
+    return swap_data_layers(param, {"data": (batch, 3, 112, 96), "label": (batch,)})
+
+
+def forward_flops(net):
+    """Multiply-adds x 2 of every Convolution / InnerProduct / MarginInnerProduct."""
+    flops = []
+    for layer, name in zip(net.layers, net._layer_names):
+        if layer.type in ("Convolution", "InnerProduct", "MarginInnerProduct"):
+            top = net.blobs[net.top_names[name][0]]
+            weight = layer.blobs[0]
+            per_output = weight.count // weight.shape[0]
+            flops.append(2.0 * top.count * per_output)
+    return flops
+
+
+def gemm_rate(n=2048, repeats=5):
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b = a.T.copy()
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2.0 * n ** 3 / min(times)
+
+
+def time_ours(param, batch, iters):
+    net = caffe.Net(param, caffe.TRAIN, seed=0)
+    rng = np.random.default_rng(1)
+    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
+    net.blobs["label"].data[...] = rng.integers(0, net.blobs["fc6"].shape[1], batch)
+    net.forward_backward()  # warm-up
+    times = []
+    tracemalloc.start()
+    for _ in range(iters):
+        net.clear_param_diffs()
+        t = time.perf_counter()
+        net.forward_backward()
+        times.append(time.perf_counter() - t)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return net, statistics.median(times), peak
+
+
+def time_torch(param, batch, iters):
+    import torch
+    from torch_from_prototxt import TorchNet
+    torch.manual_seed(0)
+    model = TorchNet(param, {"data": (batch, 3, 112, 96)})
+    data = torch.randn(batch, 3, 112, 96)
+    label = torch.randint(0, 10, (batch,)).float()
+    model(data, label).backward()
+    times = []
+    for _ in range(iters):
+        model.zero_grad()
+        t = time.perf_counter()
+        model(data, label).backward()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), torch.get_num_threads()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--classes", type=int, default=10572)
+    ap.add_argument("--shared", default=os.path.join(HERE, "..", "..", "shared"))
+    args = ap.parse_args()
+    param = sphereface20(args.shared, args.batch, args.classes)
+
+    net, ours, peak = time_ours(param, args.batch, args.iters)
+    flops = forward_flops(net)
+    # Backward: weight and input gradients (2x forward) except no input gradient for
+    # the first convolution (the data needs none).
+    total = 3 * sum(flops) - flops[0]
+    rate = gemm_rate()
+    floor = total / rate
+    rows = [("pyfacelayers", ours)]
+    try:
+        torch_time, threads = time_torch(param, args.batch, args.iters)
+        rows.append(("PyTorch (%d threads)" % threads, torch_time))
+    except ImportError:
+        torch_time = None
+    rows.append(("FLOP floor (%.1f GFLOP at %.1f GFLOP/s GEMM)" % (total / 1e9, rate / 1e9),
+                 floor))
+
+    params = sum(b.count for b in net.learnable_params)
+    activations = sum(b.count for b in net.blobs.values())
+    analytic = 2 * 4 * (params + activations)  # data + diff, float32
+    print("SphereFace-20 Forward+Backward, batch %d, 112x96, float32, fc6 %d classes, %d CPU(s)"
+          % (args.batch, args.classes, os.cpu_count()))
+    print("%-50s %10s %10s %10s" % ("", "s/batch", "images/s", "vs ours"))
+    for name, t in rows:
+        print("%-50s %10.3f %10.1f %10.2f" % (name, t, args.batch / t, t / ours))
+    if torch_time:
+        print("ratio ours / PyTorch: %.2f (target <= 1.0)" % (ours / torch_time))
+    print("ratio ours / floor:   %.2f" % (ours / floor))
+    print("peak traced memory during Forward+Backward: %.0f MB; parameters+activations+diffs: "
+          "%.0f MB (ratio %.2f)" % (peak / 2 ** 20, analytic / 2 ** 20, peak / analytic))
+
+
+if __name__ == "__main__":
+    main()
