@@ -241,6 +241,12 @@ def test_accuracy_ties_rank_higher_class_first():
     np.testing.assert_array_equal(per.data, [0.0, 1.0, 0.0])
 
 
+def test_accuracy_all_ignored_is_nan_as_caffe():
+    layer = make("Accuracy", "accuracy_param { ignore_label: 2 }")
+    _, (acc,) = run(layer, [np.ones((2, 3)), np.array([2.0, 2.0])])
+    assert np.isnan(float(acc.data))
+
+
 def test_accuracy_bad_inputs():
     with pytest.raises(LayerError, match="my_accuracy.*top_k 4"):
         run(make("Accuracy", "accuracy_param { top_k: 4 }"), [np.ones((2, 3)), np.zeros(2)])
@@ -266,3 +272,13 @@ def test_blob_sizes_for_scalar_tops():
     a = blob(np.ones((2, 2)))
     layer.setup([a, blob(np.zeros((2, 2)))], [top])
     assert top.shape == () and top.count == 1
+
+
+@pytest.mark.parametrize("name,dtype", [("B1_small_f32.npz", np.float32),
+                                        ("B1_small_f64.npz", np.float64)])
+def test_softmax_loss_matches_caffe_golden(name, dtype):
+    # Caffe's SphereFace net fed fc6 and the labels into SoftmaxWithLoss.
+    from conftest import shared_path
+    z = np.load(shared_path("fixtures", "caffe-ref", "B1_small", name))
+    _, (top,) = run(make("SoftmaxWithLoss", dtype=dtype), [z["out__fc6"], z["input_label"]])
+    assert_close(top.data, z["out__softmax_loss"], TOL[dtype], "golden loss")
