@@ -21,11 +21,17 @@ def _pil():
     return Image
 
 
-def _open(source, where):
-    """A Pillow image from a path or from bytes; OSError-like problems name ``where``."""
+def _open(source, where, color=True):
+    """A decoded Pillow image from a path or a file object; errors name ``where``.
+
+    For a grey read of a colour JPEG, libjpeg itself produces the luma plane (as
+    OpenCV's IMREAD_GRAYSCALE does); that has to be asked for before decoding.
+    """
     Image = _pil()
     try:
         img = Image.open(source)
+        if color is False and img.format == "JPEG" and img.mode != "L":
+            img.draft("L", img.size)
         img.load()
     except FileNotFoundError:
         raise FileNotFoundError("image file not found: %s" % where) from None
@@ -40,26 +46,25 @@ def _to_gray(img):
     return np.asarray(img.convert("L"))
 
 
+_GREY_MODES = ("L", "1", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
 def _decode(img, color):
-    """uint8 HxWxC (C = 3 in BGR order, or 1) from a Pillow image.
+    """uint8 HxWxC (C = 3 in BGR order, or 1) from a decoded Pillow image.
 
     ``color``: True -> 3 channels (as IMREAD_COLOR), False -> 1 channel (as
     IMREAD_GRAYSCALE), None -> whatever the file holds (as IMREAD_ANYCOLOR:
     grey files stay 1 channel, everything else becomes BGR; alpha is dropped).
     """
     if color is None:
-        color = img.mode not in ("L", "1", "LA", "I", "I;16", "I;16B", "I;16L", "F")
-    if color:
-        if img.mode.startswith("I"):
-            grey = _to_gray(img)
-            rgb = np.repeat(grey[:, :, None], 3, axis=2)
-        else:
-            rgb = np.asarray(img.convert("RGB"))
-        return np.ascontiguousarray(rgb[:, :, ::-1])
-    if img.format == "JPEG" and img.mode != "L":
-        # Like OpenCV, let libjpeg produce the grey (luma) plane itself.
-        img.draft("L", img.size)
-    return _to_gray(img)[:, :, None].copy()
+        color = img.mode not in _GREY_MODES
+    if not color:
+        return _to_gray(img)[:, :, None].copy()
+    if img.mode.startswith("I"):
+        rgb = np.repeat(_to_gray(img)[:, :, None], 3, axis=2)
+    else:
+        rgb = np.asarray(img.convert("RGB"))
+    return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
 def read_image(path, color=True, where=None):
@@ -67,12 +72,12 @@ def read_image(path, color=True, where=None):
     where = where or path
     if not os.path.isfile(path):
         raise FileNotFoundError("image file not found: %s" % where)
-    return _decode(_open(path, where), color)
+    return _decode(_open(path, where, color), color)
 
 
 def decode_image(data, color=None, where="<encoded datum>"):
     """Decode image bytes (an encoded Datum) as uint8 HxWxC; see :func:`_decode`."""
-    return _decode(_open(_bytes_io.BytesIO(data), where), color)
+    return _decode(_open(_bytes_io.BytesIO(data), where, color), color)
 
 
 # -- OpenCV's INTER_LINEAR resize on 8-bit images ----------------------------------

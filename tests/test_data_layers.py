@@ -572,3 +572,19 @@ def test_hdf5_data_errors(tmp_path):
     write_h5(tmp_path / "c.h5", data=np.zeros((3, 2)), label=np.zeros(2))
     with pytest.raises(LayerError, match="number of rows"):
         hdf5_layer(tmp_path, ["c.h5"], batch=1)
+
+
+def test_grey_jpeg_read_is_libjpeg_luma(tmp_path):
+    # OpenCV's IMREAD_GRAYSCALE lets libjpeg output the Y plane of a colour JPEG.
+    from pyfacelayers.images import read_image
+    y, x = np.mgrid[0:16, 0:16]  # smooth colours: no clipping in the RGB reconstruction
+    rgb = np.stack([8 * y + 40, 6 * x + 60, 4 * (x + y) + 30], axis=2).astype(np.uint8)
+    PIL.fromarray(rgb).save(tmp_path / "c.jpg", quality=90)
+    grey = read_image(str(tmp_path / "c.jpg"), color=False)
+    assert grey.shape == (16, 16, 1)
+    img = PIL.open(tmp_path / "c.jpg")
+    img.draft("L", img.size)
+    np.testing.assert_array_equal(grey[:, :, 0], np.asarray(img))
+    colour = read_image(str(tmp_path / "c.jpg"), color=True)
+    luma = colour[..., ::-1].astype(np.float64) @ [0.299, 0.587, 0.114]
+    assert np.abs(grey[:, :, 0] - luma).max() <= 2.0
