@@ -356,6 +356,31 @@ def test_resize_linear_is_opencv_bilinear_within_one_level():
     np.testing.assert_array_equal(resize_linear(flat, 8, 3), np.full((8, 3, 1), 77))
 
 
+# cv2.resize(img, (w, h)) (INTER_LINEAR) of OpenCV 4.6.0 (the version that made the B4
+# fixture), for img = (arange(5*6*3) * 37 % 256) as a 5x6x3 uint8 image.
+OPENCV_46_RESIZE = {
+    (7, 4): [28, 65, 102, 194, 39, 76, 105, 142, 115, 79, 116, 89, 79, 116, 153, 136, 91, 127,
+             156, 83, 93, 130, 168, 68, 107, 144, 181, 81, 118, 155, 184, 65, 102, 158, 177, 77,
+             80, 117, 154, 54, 91, 128, 157, 130, 167, 131, 104, 141, 144, 181, 81, 118, 155, 192,
+             84, 103, 139, 195, 77, 114, 153, 190, 90, 128, 165, 174, 93, 130, 167, 177, 105, 142,
+             132, 169, 142, 106, 143, 116, 145, 182, 219, 119, 156, 193],
+    (3, 11): [51, 88, 125, 59, 96, 133, 73, 110, 147, 122, 89, 127, 183, 57, 94, 158, 67, 104, 129,
+              85, 114, 143, 145, 82, 146, 183, 61, 113, 150, 75, 94, 131, 83, 52, 89, 126, 87, 124,
+              161, 148, 185, 222, 104, 141, 178, 25, 62, 99, 74, 111, 148, 134, 159, 196, 195, 80,
+              117, 220, 36, 73, 141, 97, 134, 95, 132, 169, 138, 175, 127, 146, 183, 108, 160, 197,
+              75, 139, 176, 112, 107, 144, 173, 117, 154, 191, 127, 164, 201, 94, 131, 168, 85, 110,
+              147, 146, 124, 161, 181, 133, 170],
+}
+
+
+@pytest.mark.parametrize("size", sorted(OPENCV_46_RESIZE))
+def test_resize_linear_matches_opencv_exactly(size):
+    from pyfacelayers.images import resize_linear
+    img = (np.arange(5 * 6 * 3) * 37 % 256).astype(np.uint8).reshape(5, 6, 3)
+    expected = np.array(OPENCV_46_RESIZE[size], dtype=np.uint8).reshape(size + (3,))
+    np.testing.assert_array_equal(resize_linear(img, *size), expected)
+
+
 # -- MemoryData ---------------------------------------------------------------------
 
 MEMORY = ('name: "m" type: "MemoryData" top: "data" top: "label" '
