@@ -167,7 +167,7 @@ def _resize_nearest(im, new_dims, centre_aligned):
             index = np.floor(coords + 0.5)  # round half up, as scikit-image's C round
         else:
             step = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
-            index = np.rint(np.arange(n_out) * step)
+            index = np.floor(np.arange(n_out) * step + 0.5)
         out = np.take(out, np.clip(index.astype(np.int64), 0, n_in - 1), axis=axis)
     return out
 
@@ -179,7 +179,10 @@ def resize_image(im, new_dims, interp_order=1):
     scikit-image's ``resize(order=interp_order, mode='constant')`` (pixel-centre
     mapping, zero outside the image, no anti-aliasing) and scaled back; a constant
     image is returned as that constant. Other channel counts are resized as
-    ``scipy.ndimage.zoom`` (corner-aligned). Orders 0 (nearest) and 1 (linear).
+    ``scipy.ndimage.zoom`` (corner-aligned; scipy's habit of zeroing a last sample
+    that rounding puts just past the edge is not copied). Orders 0 (nearest) and
+    1 (linear). Newer scikit-image versions anti-alias when shrinking; pycaffe's
+    original (and this) does not.
     """
     if interp_order not in (0, 1):
         raise ValueError("resize_image supports interp_order 0 (nearest) or 1 (linear), got %r"
