@@ -613,3 +613,14 @@ def test_grey_jpeg_read_is_libjpeg_luma(tmp_path):
     colour = read_image(str(tmp_path / "c.jpg"), color=True)
     luma = colour[..., ::-1].astype(np.float64) @ [0.299, 0.587, 0.114]
     assert np.abs(grey[:, :, 0] - luma).max() <= 2.0
+
+
+def test_image_list_parsing_follows_caffe(tmp_path):
+    write_images(tmp_path, 2)
+    # tab separator, atoi-style label "3.0" -> 3, Windows line end, blank lines
+    (tmp_path / "list.txt").write_text("im 0.png\t3.0\r\n\nim 1.png   -2\n")
+    layer, top = image_layer(tmp_path, params="batch_size: 2")
+    np.testing.assert_array_equal(run(layer, top)[1], [3, -2])
+    (tmp_path / "list.txt").write_text("im0.png\n")
+    with pytest.raises(LayerError, match="line 1: expected"):
+        image_layer(tmp_path, params="batch_size: 1")

@@ -8,6 +8,7 @@ crop) comes from the layer's seeded generator.
 """
 
 import os
+import re
 
 import numpy as np
 
@@ -184,6 +185,10 @@ class MemoryDataLayer(_DataLayer):
         self._pos = end % self._n
 
 
+_LIST_LINE = re.compile(r"^(.+?)[ \t]+(\S+)$")
+_ATOI = re.compile(r"[+-]?\d+")
+
+
 def _read_image_list(path, error):
     """(image path, label, line number) for each non-blank line of an ImageData list."""
     try:
@@ -196,15 +201,17 @@ def _read_image_list(path, error):
         line = line.rstrip()
         if not line.strip():
             continue
-        # Caffe splits at the last space: names may contain spaces.
-        name, sep, label = line.rpartition(" ")
-        if not sep or not name:
+        # Caffe splits at the last space (names may contain spaces) and reads the
+        # label with atoi: leading digits count, so "3.0" is 3.
+        match = _LIST_LINE.match(line)
+        if not match:
             raise error("%s line %d: expected \"<image path> <integer label>\", got %r"
                         % (path, number, line))
-        try:
-            label = int(label)
-        except ValueError:
-            raise error("%s line %d: label %r is not an integer" % (path, number, label)) from None
+        name, label = match.group(1), match.group(2)
+        digits = _ATOI.match(label)
+        if not digits:
+            raise error("%s line %d: label %r is not an integer" % (path, number, label))
+        label = int(digits.group(0))
         entries.append((name, label, number))
     if not entries:
         raise error("image list %s is empty" % path)
