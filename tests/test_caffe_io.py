@@ -64,9 +64,14 @@ def test_datum_round_trips():
 
 # -- images ---------------------------------------------------------------------------
 
-PIL = pytest.importorskip("PIL.Image", reason="Pillow is needed for the image tests")
+try:
+    from PIL import Image as PIL
+except ImportError:  # Pillow is an extra: only the image tests need it
+    PIL = None
+needs_pillow = pytest.mark.skipif(PIL is None, reason="Pillow is not installed (pip install pillow)")
 
 
+@needs_pillow
 def test_load_image_colour_grey_and_alpha(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 256, (5, 4, 3), dtype=np.uint8)
     PIL.fromarray(rgb).save(tmp_path / "c.png")

@@ -21,7 +21,11 @@ from pyfacelayers.layers import create_layer
 from pyfacelayers.proto import caffe_pb2
 from pyfacelayers.transform import DataTransformer
 
-PIL = pytest.importorskip("PIL.Image", reason="Pillow is needed for the image tests")
+try:
+    from PIL import Image as PIL
+except ImportError:  # Pillow is an extra: only the image tests need it
+    PIL = None
+needs_pillow = pytest.mark.skipif(PIL is None, reason="Pillow is not installed (pip install pillow)")
 
 
 def make_layer(text, phase=caffe_pb2.TRAIN, seed=0, dtype=np.float32, n_top=None):
@@ -181,6 +185,7 @@ def png_bytes(rgb):
     return buffer.getvalue()
 
 
+@needs_pillow
 def test_transform_datums():
     t = DataTransformer(transform_param("scale: 0.5 mean_value: 4"))
     raw = caffe_pb2.Datum(channels=3, height=7, width=6, data=ITEM.tobytes(), label=2)
@@ -216,6 +221,7 @@ transform_param { mean_value: 127.5 mean_value: 127.5 mean_value: 127.5 scale: 0
 image_data_param { source: "%s" root_folder: "%s" batch_size: 5 shuffle: false }"""
 
 
+@needs_pillow
 def test_imagedata_matches_caffe_b4():
     folder = shared_path("fixtures", "caffe-ref", "B4_imagedata")
     ref = np.load(os.path.join(folder, "B4_imagedata_f32.npz"))
@@ -248,6 +254,7 @@ def image_layer(folder, extra="", params="", phase=caffe_pb2.TRAIN, seed=0):
     return make_layer(text, phase=phase, seed=seed)
 
 
+@needs_pillow
 def test_imagedata_pixels_are_bgr_chw(tmp_path):
     write_images(tmp_path, 2)
     layer, top = image_layer(tmp_path, params="batch_size: 2")
@@ -258,6 +265,7 @@ def test_imagedata_pixels_are_bgr_chw(tmp_path):
     np.testing.assert_array_equal(label, [10, 11])
 
 
+@needs_pillow
 def test_imagedata_wraps_around(tmp_path):
     write_images(tmp_path, 5)
     layer, top = image_layer(tmp_path, params="batch_size: 3")
@@ -266,6 +274,7 @@ def test_imagedata_wraps_around(tmp_path):
                                   [10, 11, 12, 13, 14, 10, 11, 12, 13, 14, 10, 11])
 
 
+@needs_pillow
 def test_imagedata_shuffle_is_reproducible(tmp_path):
     write_images(tmp_path, 6)
 
@@ -282,6 +291,7 @@ def test_imagedata_shuffle_is_reproducible(tmp_path):
     assert len({tuple(e) for e in epochs}) > 1, "the list should be reshuffled each epoch"
 
 
+@needs_pillow
 def test_imagedata_rand_skip_and_grey_and_resize(tmp_path):
     write_images(tmp_path, 5, size=(6, 8))
     layer, top = image_layer(tmp_path, params="batch_size: 5 rand_skip: 5", seed=4)
@@ -298,6 +308,7 @@ def test_imagedata_rand_skip_and_grey_and_resize(tmp_path):
     np.testing.assert_array_equal(data[0, 0], (blocks + 2) >> 2)
 
 
+@needs_pillow
 def test_imagedata_crop_mirror_mean_in_train(tmp_path):
     write_images(tmp_path, 1, size=(7, 6))
     extra = "transform_param { crop_size: 4 mirror: true mean_value: 127.5 scale: 0.0078125 }"
@@ -310,6 +321,7 @@ def test_imagedata_crop_mirror_mean_in_train(tmp_path):
         which(run(layer, top)[0][0], options)
 
 
+@needs_pillow
 def test_imagedata_errors_name_the_path(tmp_path):
     with pytest.raises(LayerError, match="no_list.txt"):
         make_layer('name: "d" type: "ImageData" top: "data" top: "label" '
@@ -506,6 +518,7 @@ def test_data_layer_lmdb_round_trip(tmp_path):
         np.testing.assert_array_equal(got, items[i].astype(np.float32) * 0.5)
 
 
+@needs_pillow
 def test_data_layer_float_and_encoded_datums(tmp_path):
     floats = np.linspace(-1, 1, 2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
     write_lmdb(tmp_path / "f", [caffe_pb2.Datum(channels=2, height=3, width=2, label=1,
@@ -599,6 +612,7 @@ def test_hdf5_data_errors(tmp_path):
         hdf5_layer(tmp_path, ["c.h5"], batch=1)
 
 
+@needs_pillow
 def test_grey_jpeg_read_is_libjpeg_luma(tmp_path):
     # OpenCV's IMREAD_GRAYSCALE lets libjpeg output the Y plane of a colour JPEG.
     from pyfacelayers.images import read_image
@@ -615,6 +629,7 @@ def test_grey_jpeg_read_is_libjpeg_luma(tmp_path):
     assert np.abs(grey[:, :, 0] - luma).max() <= 2.0
 
 
+@needs_pillow
 def test_image_list_parsing_follows_caffe(tmp_path):
     write_images(tmp_path, 2)
     # tab separator, atoi-style label "3.0" -> 3, Windows line end, blank lines
@@ -624,3 +639,14 @@ def test_image_list_parsing_follows_caffe(tmp_path):
     (tmp_path / "list.txt").write_text("im0.png\n")
     with pytest.raises(LayerError, match="line 1: expected"):
         image_layer(tmp_path, params="batch_size: 1")
+
+
+def test_missing_optional_packages_give_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lmdb", None)  # makes "import lmdb" fail
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    with pytest.raises(LayerError, match="needs the lmdb package"):
+        data_layer(tmp_path / "db")
+    (tmp_path / "list.txt").write_text("a.h5\n")
+    with pytest.raises(LayerError, match="needs the h5py package"):
+        make_layer('name: "h" type: "HDF5Data" top: "data" hdf5_data_param { source: "%s" '
+                   'batch_size: 1 }' % (tmp_path / "list.txt"))
