@@ -35,6 +35,6 @@ PFL_HD PoolRange pool_range(long index, long stride, long pad, long kernel, long
 }
 
 // Caffe's -FLT_MAX, the start value of a MAX window (also for double).
-PFL_HD double pool_lowest() { return -3.402823466e+38; }
+PFL_HD double pool_lowest() { return -0x1.fffffep+127; }  // exactly -FLT_MAX
 
 }  // namespace pfl

@@ -366,3 +366,200 @@ def test_convolution_bottom_changes_rank_or_channels():
     bottom[0].reshape(1, 2, 3, 3, 1)
     with pytest.raises(LayerError, match="must have 4 axes"):
         layer.reshape(bottom, top)
+
+
+# -- Pooling ------------------------------------------------------------------------------
+def ref_pool_size(size, k, p, s):
+    out = -(-(size + 2 * p - k) // s) + 1          # integer ceil
+    if p and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def ref_pool(x, method, k, s, p):
+    """Caffe's pooling written out per window: (top, argmax) in float64."""
+    n, c, h, w = x.shape
+    oh, ow = ref_pool_size(h, k[0], p[0], s[0]), ref_pool_size(w, k[1], p[1], s[1])
+    top = np.zeros((n, c, oh, ow))
+    arg = np.full((n, c, oh, ow), -1)
+    for i in range(n):
+        for j in range(c):
+            for y in range(oh):
+                for z in range(ow):
+                    y0, z0 = y * s[0] - p[0], z * s[1] - p[1]
+                    if method == "MAX":
+                        ys = range(max(y0, 0), min(y0 + k[0], h))
+                        zs = range(max(z0, 0), min(z0 + k[1], w))
+                        best, where = -np.finfo(np.float32).max, -1
+                        for a in ys:
+                            for b in zs:
+                                if x[i, j, a, b] > best:
+                                    best, where = x[i, j, a, b], a * w + b
+                        top[i, j, y, z], arg[i, j, y, z] = best, where
+                    else:
+                        y1, z1 = min(y0 + k[0], h + p[0]), min(z0 + k[1], w + p[1])
+                        size = (y1 - y0) * (z1 - z0)
+                        window = x[i, j, max(y0, 0):min(y1, h), max(z0, 0):min(z1, w)]
+                        top[i, j, y, z] = window.sum() / size
+    return top, arg
+
+
+def distinct_values(shape, seed):
+    """Well separated values, so no finite-difference step changes an argmax."""
+    rng = np.random.default_rng(seed)
+    return (rng.permutation(int(np.prod(shape))).reshape(shape) * 0.1
+            + rng.uniform(-0.01, 0.01, shape))
+
+
+POOL_CASES = [
+    # text, bottom shape, kernel, stride, pad
+    ("kernel_size: 3 stride: 2 pad: 1", (2, 2, 7, 7), (3, 3), (2, 2), (1, 1)),
+    ("kernel_size: 2 stride: 2", (1, 3, 6, 5), (2, 2), (2, 2), (0, 0)),
+    ("kernel_size: 3 stride: 2", (1, 2, 6, 6), (3, 3), (2, 2), (0, 0)),
+    ("kernel_size: 3 stride: 3 pad: 2", (1, 1, 5, 5), (3, 3), (3, 3), (2, 2)),
+    ("kernel_size: 2 stride: 3 pad: 1", (1, 1, 5, 6), (2, 2), (3, 3), (1, 1)),  # shrinks
+    ("kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0", (2, 1, 5, 4),
+     (3, 2), (2, 1), (1, 0)),
+]
+
+
+def test_pooled_size_rounding():
+    assert ref_pool_size(7, 3, 1, 2) == 4          # ceil(6/2)+1 = 4, last start 5 < 8
+    assert ref_pool_size(5, 3, 2, 3) == 3          # ceil(6/3)+1 = 3, last start 6 < 7
+    assert ref_pool_size(5, 2, 1, 3) == 2          # ceil(5/3)+1 = 3, last start 6 >= 6: 2
+    assert ref_pool_size(6, 3, 0, 2) == 3          # ceil: windows may run past the edge
+    from pyfacelayers.layers.pooling import pooled_size
+    for h in range(3, 12):
+        for k in range(1, 5):
+            for s in range(1, 4):
+                for p in range(0, k):
+                    if h + 2 * p >= k:
+                        assert pooled_size(h, k, p, s) == ref_pool_size(h, k, p, s)
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("text,shape,k,s,p", POOL_CASES)
+def test_pooling_matches_reference(method, text, shape, k, s, p):
+    x = np.random.default_rng(20).standard_normal(shape)
+    for dtype, tol in ((np.float64, 1e-14), (np.float32, 1e-6)):
+        n_top = 2 if method == "MAX" else 1
+        layer, bottom, top = build("Pooling", "pooling_param { pool: %s %s }" % (method, text),
+                                   [x.astype(dtype)], dtype, n_top=n_top)
+        layer.forward(bottom, top)
+        ref, arg = ref_pool(x.astype(dtype).astype(np.float64), method, k, s, p)
+        assert top[0].shape == ref.shape
+        assert_close(top[0].data, ref, tol, "pool forward")
+        if method == "MAX":
+            np.testing.assert_array_equal(top[1].data, arg)    # Caffe's float top mask
+
+
+@pytest.mark.parametrize("method", ["MAX", "AVE"])
+@pytest.mark.parametrize("text,shape,k,s,p", POOL_CASES)
+def test_pooling_gradients(method, text, shape, k, s, p):
+    x = distinct_values(shape, 21)
+    layer, bottom, top = build("Pooling", "pooling_param { pool: %s %s }" % (method, text), [x])
+    gradient_check(layer, bottom, top, eps=1e-4)
+
+
+def test_max_pooling_routes_to_first_maximum():
+    # Ties: the first maximum in row-major scan order gets the whole gradient.
+    x = np.array([[[[1.0, 3.0, 3.0], [3.0, 0.0, 3.0], [2.0, 3.0, 1.0]]]])
+    layer, bottom, top = build("Pooling", "pooling_param { pool: MAX kernel_size: 3 }", [x],
+                               n_top=2)
+    layer.forward(bottom, top)
+    assert top[0].data.ravel()[0] == 3.0 and top[1].data.ravel()[0] == 1
+    diffs, _ = run_backward(layer, bottom, top, [np.full((1, 1, 1, 1), 2.0)])
+    expected = np.zeros_like(x)
+    expected[0, 0, 0, 1] = 2.0
+    np.testing.assert_array_equal(diffs[0], expected)
+
+
+def test_max_pooling_overlapping_windows_accumulate():
+    x = np.zeros((1, 1, 3, 3))
+    x[0, 0, 1, 1] = 5.0                                 # in all four 2x2 windows
+    layer, bottom, top = build("Pooling", "pooling_param { pool: MAX kernel_size: 2 }", [x])
+    layer.forward(bottom, top)
+    diffs, _ = run_backward(layer, bottom, top, [np.array([[[[1.0, 2.0], [3.0, 4.0]]]])])
+    assert diffs[0][0, 0, 1, 1] == 10.0 and np.sum(diffs[0]) == 10.0
+
+
+def test_ave_pooling_divides_by_padded_window():
+    # kernel 3, pad 1 on a 2x2 image of ones: the corner window (-1..1) lies inside the
+    # padded image, so the divisor is 9 although only 4 pixels are summed.
+    x = np.ones((1, 1, 2, 2))
+    layer, bottom, top = build("Pooling", "pooling_param { pool: AVE kernel_size: 3 pad: 1 }",
+                               [x])
+    layer.forward(bottom, top)
+    assert top[0].shape == (1, 1, 2, 2)
+    np.testing.assert_allclose(top[0].data, np.full((1, 1, 2, 2), 4 / 9.0), rtol=1e-15)
+
+
+def test_global_pooling():
+    x = np.random.default_rng(22).standard_normal((2, 3, 4, 5))
+    for method, expected in (("AVE", x.mean(axis=(2, 3))), ("MAX", x.max(axis=(2, 3)))):
+        layer, bottom, top = build("Pooling", "pooling_param { pool: %s global_pooling: true }"
+                                   % method, [x])
+        layer.forward(bottom, top)
+        assert top[0].shape == (2, 3, 1, 1)
+        assert_close(top[0].data[:, :, 0, 0], expected, 1e-14)
+        # The window follows the bottom's size on reshape.
+        bottom[0].reshape(1, 3, 2, 2)
+        layer.reshape(bottom, top)
+        assert top[0].shape == (1, 3, 1, 1)
+
+
+def test_max_pooling_empty_window_without_pad():
+    # Caffe only shrinks the output when padding is used: H=5, k=1, s=3 gives 3 outputs,
+    # the last window (row 6) is empty, MAX gives -FLT_MAX and backward ignores it.
+    x = np.random.default_rng(23).standard_normal((1, 1, 5, 5))
+    layer, bottom, top = build("Pooling", "pooling_param { pool: MAX kernel_size: 1 "
+                               "stride: 3 }", [x])
+    layer.forward(bottom, top)
+    assert top[0].shape == (1, 1, 3, 3)
+    assert top[0].data[0, 0, 2, 0] == -np.finfo(np.float32).max
+    assert top[0].data[0, 0, 1, 1] == x[0, 0, 3, 3]
+    diffs, _ = run_backward(layer, bottom, top, [np.ones((1, 1, 3, 3))])
+    assert diffs[0].sum() == 4.0
+
+
+@pytest.mark.parametrize("text,shape,match", [
+    ("pool: STOCHASTIC kernel_size: 2", (1, 1, 4, 4), "STOCHASTIC is not supported"),
+    ("pool: MAX", (1, 1, 4, 4), "needs kernel_size"),
+    ("kernel_size: 0", (1, 1, 4, 4), "kernel size must be >= 1"),
+    ("kernel_size: 2 stride: 0", (1, 1, 4, 4), "stride must be >= 1"),
+    ("kernel_size: 2 pad: 2", (1, 1, 4, 4), "smaller than the kernel"),
+    ("kernel_size: 2 kernel_h: 2 kernel_w: 2", (1, 1, 4, 4), "not both"),
+    ("kernel_h: 2", (1, 1, 4, 4), "both kernel_h and kernel_w"),
+    ("global_pooling: true kernel_size: 2", (1, 1, 4, 4), "cannot be given"),
+    ("global_pooling: true stride: 2", (1, 1, 4, 4), "only pad 0 and stride 1"),
+    ("kernel_size: 2", (1, 4, 4), "must have 4 axes"),
+    ("kernel_size: 5", (1, 1, 4, 4), "larger than the padded input"),
+])
+def test_pooling_bad_parameters(text, shape, match):
+    with pytest.raises(LayerError, match='"lay" \\(Pooling\\).*' + match):
+        build("Pooling", "pooling_param { %s }" % text, [np.zeros(shape)])
+
+
+def test_pooling_top_count():
+    with pytest.raises(LayerError, match="at most 1 top"):
+        build("Pooling", "pooling_param { pool: AVE kernel_size: 2 }", [np.zeros((1, 1, 4, 4))],
+              n_top=2)
+
+
+def test_pooling_kernels_reject_bad_arrays():
+    from pyfacelayers import _C
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    top = np.zeros((1, 1, 2, 2), np.float32)
+    mask = np.zeros((1, 1, 2, 2), np.int64)
+    with pytest.raises(TypeError, match="float32"):
+        _C.max_pool_forward(x, top.astype(np.float64), mask, 2, 2, 2, 2, 0, 0)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _C.ave_pool_forward(np.zeros((1, 1, 4, 8), np.float32)[..., ::2], top, 2, 2, 2, 2, 0, 0)
+    with pytest.raises(ValueError, match="mask index"):
+        _C.max_pool_backward(top, np.full((1, 1, 2, 2), 16, np.int64), x)
+    with pytest.raises(ValueError, match="differ in num or channels"):
+        _C.ave_pool_backward(top, np.zeros((1, 2, 4, 4), np.float32), 2, 2, 2, 2, 0, 0)
+    with pytest.raises(ValueError, match="column buffer must have shape"):
+        _C.im2col(x, np.zeros((4, 1, 8), np.float32), 2, 2, 0, 0, 2, 2, 1, 1)
+    with pytest.raises(ValueError, match="larger than the padded image"):
+        _C.col2im(np.zeros((4, 1, 1), np.float32), x, 5, 5, 0, 0, 1, 1, 1, 1)
