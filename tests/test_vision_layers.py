@@ -563,3 +563,264 @@ def test_pooling_kernels_reject_bad_arrays():
         _C.im2col(x, np.zeros((4, 1, 8), np.float32), 2, 2, 0, 0, 2, 2, 1, 1)
     with pytest.raises(ValueError, match="larger than the padded image"):
         _C.col2im(np.zeros((4, 1, 1), np.float32), x, 5, 5, 0, 0, 1, 1, 1, 1)
+
+
+# -- InnerProduct ---------------------------------------------------------------------------
+@pytest.mark.parametrize("text,shape,out_shape", [
+    ("num_output: 4", (3, 5), (3, 4)),
+    ("num_output: 4", (2, 3, 2, 2), (2, 4)),
+    ("num_output: 3 axis: 2", (2, 3, 4), (2, 3, 3)),
+    ("num_output: 3 axis: -1", (2, 3, 4), (2, 3, 3)),
+    ("num_output: 4 transpose: true", (3, 2, 3), (3, 4)),
+    ("num_output: 2 bias_term: false", (3, 5), (3, 2)),
+])
+def test_inner_product(text, shape, out_shape):
+    rng = np.random.default_rng(30)
+    x = rng.standard_normal(shape)
+    for dtype, tol in ((np.float64, 1e-13), (np.float32, 1e-6)):
+        layer, bottom, top = build("InnerProduct", "inner_product_param { %s }" % text,
+                                   [x.astype(dtype)], dtype)
+        randomize_params(layer, np.random.default_rng(31))
+        layer.forward(bottom, top)
+        w = layer.blobs[0].data.astype(np.float64)
+        if "transpose" in text:
+            w = w.T
+        k = w.shape[1]
+        expected = x.astype(dtype).astype(np.float64).reshape(-1, k) @ w.T
+        if len(layer.blobs) > 1:
+            expected += layer.blobs[1].data
+        assert top[0].shape == out_shape
+        assert_close(top[0].data.reshape(-1, w.shape[0]), expected, tol, "inner product")
+    layer, bottom, top = build("InnerProduct", "inner_product_param { %s }" % text, [x])
+    randomize_params(layer, rng)
+    gradient_check(layer, bottom, top)
+
+
+def test_inner_product_shapes_fillers_and_errors():
+    layer, bottom, top = build("InnerProduct", 'inner_product_param { num_output: 3 '
+                               'weight_filler { type: "constant" value: 2 } bias_filler { '
+                               'type: "constant" value: 1 } }', [np.ones((2, 4))])
+    assert layer.blobs[0].shape == (3, 4) and layer.blobs[1].shape == (3,)
+    layer.forward(bottom, top)
+    np.testing.assert_array_equal(top[0].data, np.full((2, 3), 9.0))
+    layer, bottom, top = build("InnerProduct", "inner_product_param { num_output: 3 "
+                               "transpose: true }", [np.ones((2, 4))])
+    assert layer.blobs[0].shape == (4, 3)
+    bottom[0].reshape(2, 5)
+    with pytest.raises(LayerError, match='"lay" \\(InnerProduct\\).*incompatible'):
+        layer.reshape(bottom, top)
+    with pytest.raises(LayerError, match="num_output must be > 0"):
+        build("InnerProduct", "inner_product_param { }", [np.ones((2, 4))])
+    with pytest.raises(LayerError, match="axis 3 out of range"):
+        build("InnerProduct", "inner_product_param { num_output: 2 axis: 3 }",
+              [np.ones((2, 4))])
+    with pytest.raises(LayerError, match='unknown filler type "foo"'):
+        build("InnerProduct", 'inner_product_param { num_output: 2 weight_filler { '
+              'type: "foo" } }', [np.ones((2, 4))])
+
+
+# -- PReLU ------------------------------------------------------------------------------------
+def ref_prelu(x, a, shared):
+    slopes = np.full(x.shape[1], float(a)) if shared else a
+    s = slopes.reshape((1, -1) + (1,) * (x.ndim - 2))
+    return np.where(x > 0, x, s * x)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 2, 3), (4, 3)])
+def test_prelu(shared, in_place, shape):
+    rng = np.random.default_rng(40)
+    x = rng.standard_normal(shape)
+    x[np.abs(x) < 0.05] = 0.3      # keep finite differences away from the kink
+    text = "prelu_param { channel_shared: %s }" % ("true" if shared else "false")
+    layer, bottom, top = build("PReLU", text, [x], in_place=in_place)
+    assert layer.blobs[0].shape == (() if shared else (shape[1],))
+    assert np.all(layer.blobs[0].data == 0.25)          # Caffe's default filler
+    randomize_params(layer, rng)
+    layer.forward(bottom, top)
+    assert_close(top[0].data, ref_prelu(x, layer.blobs[0].data, shared), 1e-15)
+    bottom[0].data[...] = x
+    gradient_check(layer, bottom, top)
+
+
+def test_prelu_in_place_backward_uses_the_input():
+    # In place, top overwrote bottom; the slope gradient needs the original x.
+    x = np.array([[-2.0, 3.0], [1.0, -4.0]])
+    layer, bottom, top = build("PReLU", 'prelu_param { filler { type: "constant" value: 0.5 }'
+                               ' }', [x], in_place=True)
+    layer.forward(bottom, top)
+    np.testing.assert_array_equal(top[0].data, [[-1.0, 3.0], [1.0, -2.0]])
+    top[0].diff[...] = 1.0
+    layer.backward(top, [True], bottom)
+    np.testing.assert_array_equal(layer.blobs[0].diff, [-2.0, -4.0])
+    np.testing.assert_array_equal(bottom[0].diff, [[0.5, 1.0], [1.0, 0.5]])
+
+
+def test_prelu_errors():
+    with pytest.raises(LayerError, match='"lay" \\(PReLU\\).*at least 2 axes'):
+        build("PReLU", "", [np.zeros(3)])
+    layer, bottom, top = build("PReLU", "", [np.zeros((2, 3))])
+    bottom[0].reshape(2, 4)
+    with pytest.raises(LayerError, match="4 channels"):
+        layer.reshape(bottom, top)
+
+
+# -- BatchNorm --------------------------------------------------------------------------------
+def test_batch_norm_train_normalises_and_updates_running_stats():
+    rng = np.random.default_rng(50)
+    shape = (4, 3, 2, 5)
+    layer, bottom, top = build("BatchNorm", "batch_norm_param { moving_average_fraction: 0.9 "
+                               "eps: 0.001 }", [np.zeros(shape)], phase=TRAIN)
+    assert not layer.use_global_stats
+    assert [b.shape for b in layer.blobs] == [(3,), (3,), (1,)]
+    assert [p.lr_mult for p in layer.param.param] == [0, 0, 0]
+    maf, eps = float(np.float32(0.9)), float(np.float32(0.001))
+    m = 4 * 2 * 5
+    run_mean, run_var, factor = np.zeros(3), np.zeros(3), 0.0
+    for step in range(3):
+        x = rng.standard_normal(shape) * (step + 1) + step
+        bottom[0].data[...] = x
+        layer.forward(bottom, top)
+        mean = x.mean(axis=(0, 2, 3))
+        var = x.var(axis=(0, 2, 3))
+        expected = (x - mean[None, :, None, None]) / np.sqrt(var + eps)[None, :, None, None]
+        assert_close(top[0].data, expected, 1e-12, "BN TRAIN forward")
+        factor = factor * maf + 1
+        run_mean = maf * run_mean + mean
+        run_var = maf * run_var + var * m / (m - 1)
+        assert_close(layer.blobs[2].data, [factor], 1e-15)
+        assert_close(layer.blobs[0].data, run_mean, 1e-13)
+        assert_close(layer.blobs[1].data, run_var, 1e-13)
+
+
+@pytest.mark.parametrize("phase,text", [(TEST, ""), (TRAIN, "use_global_stats: true")])
+def test_batch_norm_global_stats(phase, text):
+    rng = np.random.default_rng(51)
+    x = rng.standard_normal((3, 2, 4))
+    layer, bottom, top = build("BatchNorm", "batch_norm_param { %s }" % text, [x], phase=phase)
+    assert layer.use_global_stats
+    layer.blobs[0].data[...] = [1.0, -2.0]
+    layer.blobs[1].data[...] = [4.0, 0.5]
+    layer.blobs[2].data[...] = 2.0
+    layer.forward(bottom, top)
+    mean, var = np.array([0.5, -1.0]), np.array([2.0, 0.25])
+    eps = float(np.float32(1e-5))
+    expected = (x - mean[None, :, None]) / np.sqrt(var + eps)[None, :, None]
+    assert_close(top[0].data, expected, 1e-14, "BN global forward")
+    np.testing.assert_array_equal(layer.blobs[2].data, [2.0])        # not updated
+    gradient_check(layer, bottom, top, check_params=False)
+    # A zero scale factor (never trained) means zero statistics.
+    layer.blobs[2].data[...] = 0
+    layer.forward(bottom, top)
+    assert_close(top[0].data, x / np.sqrt(eps), 1e-14)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 2, 2), (5, 2), (6,)])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_batch_norm_train_gradients(shape, in_place):
+    x = np.random.default_rng(52).standard_normal(shape)
+    layer, bottom, top = build("BatchNorm", "", [x], phase=TRAIN, in_place=in_place)
+    _, params = gradient_check(layer, bottom, top, check_params=False)
+    assert all(np.all(p == 0) for p in params)      # statistics get no gradient
+
+
+def test_batch_norm_errors():
+    with pytest.raises(LayerError, match='"lay" \\(BatchNorm\\).*cannot be learned'):
+        build("BatchNorm", "param { lr_mult: 1 }", [np.zeros((2, 3))])
+    layer, bottom, top = build("BatchNorm", "param { lr_mult: 0 }", [np.zeros((2, 3))])
+    assert len(layer.param.param) == 3
+    bottom[0].reshape(2, 4)
+    with pytest.raises(LayerError, match="4 channels"):
+        layer.reshape(bottom, top)
+
+
+# -- Scale and Bias ---------------------------------------------------------------------------
+SCALE_CASES = [
+    # text, bottom shape, parameter shape, axis of the parameter
+    ("", (2, 3, 4), (3,), 1),
+    ("axis: 0 num_axes: -1", (2, 3, 2), (2, 3, 2), 0),
+    ("axis: 1 num_axes: 2", (2, 3, 2, 2), (3, 2), 1),
+    ("num_axes: 0", (2, 3), (), 0),
+    ("axis: -1", (2, 3, 4), (4,), 2),
+]
+
+
+def broadcast(p, shape, axis):
+    return p.reshape((1,) * axis + p.shape + (1,) * (len(shape) - axis - p.ndim))
+
+
+@pytest.mark.parametrize("text,shape,pshape,axis", SCALE_CASES)
+@pytest.mark.parametrize("bias_term", [False, True])
+def test_scale_learned(text, shape, pshape, axis, bias_term):
+    rng = np.random.default_rng(60)
+    x = rng.standard_normal(shape)
+    layer, bottom, top = build("Scale", "scale_param { %s bias_term: %s }"
+                               % (text, "true" if bias_term else "false"), [x])
+    assert layer.blobs[0].shape == pshape and np.all(layer.blobs[0].data == 1)
+    if bias_term:
+        assert layer.blobs[1].shape == pshape and np.all(layer.blobs[1].data == 0)
+    randomize_params(layer, rng)
+    layer.forward(bottom, top)
+    expected = x * broadcast(layer.blobs[0].data, shape, axis)
+    if bias_term:
+        expected = expected + broadcast(layer.blobs[1].data, shape, axis)
+    assert_close(top[0].data, expected, 1e-15)
+    gradient_check(layer, bottom, top)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_scale_in_place_and_second_bottom(in_place):
+    rng = np.random.default_rng(61)
+    x = rng.standard_normal((2, 3, 4))
+    layer, bottom, top = build("Scale", "scale_param { bias_term: true }", [x],
+                               in_place=in_place)
+    randomize_params(layer, rng)
+    gradient_check(layer, bottom, top)
+    s = rng.standard_normal((3, 4))
+    layer, bottom, top = build("Scale", "scale_param { bias_term: true }", [x, s],
+                               in_place=in_place)
+    assert len(layer.blobs) == 1 and layer.blobs[0].shape == (3, 4)
+    randomize_params(layer, rng)
+    layer.forward(bottom, top)
+    assert_close(top[0].data, x * s[None] + layer.blobs[0].data[None], 1e-15)
+    bottom[0].data[...] = x
+    gradient_check(layer, bottom, top)
+
+
+@pytest.mark.parametrize("text,shape,pshape,axis", SCALE_CASES)
+def test_bias_learned(text, shape, pshape, axis):
+    rng = np.random.default_rng(62)
+    x = rng.standard_normal(shape)
+    layer, bottom, top = build("Bias", "bias_param { %s }" % text, [x])
+    assert layer.blobs[0].shape == pshape and np.all(layer.blobs[0].data == 0)
+    randomize_params(layer, rng)
+    layer.forward(bottom, top)
+    assert_close(top[0].data, x + broadcast(layer.blobs[0].data, shape, axis), 1e-15)
+    gradient_check(layer, bottom, top)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_bias_second_bottom(in_place):
+    rng = np.random.default_rng(63)
+    x, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((3,))
+    layer, bottom, top = build("Bias", "", [x, b], in_place=in_place)
+    assert layer.blobs == []
+    layer.forward(bottom, top)
+    assert_close(top[0].data, x + b[None, :, None], 1e-15)
+    bottom[0].data[...] = x
+    gradient_check(layer, bottom, top)
+
+
+@pytest.mark.parametrize("type_", ["Scale", "Bias"])
+def test_scale_bias_errors(type_):
+    field = "scale_param" if type_ == "Scale" else "bias_param"
+    where = '"lay" \\(%s\\).*' % type_
+    with pytest.raises(LayerError, match=where + "extends past"):
+        build(type_, "%s { axis: 1 num_axes: 3 }" % field, [np.zeros((2, 3, 4))])
+    with pytest.raises(LayerError, match=where + "num_axes must be >= 0"):
+        build(type_, "%s { num_axes: -2 }" % field, [np.zeros((2, 3))])
+    with pytest.raises(LayerError, match=where + "does not match"):
+        build(type_, "", [np.zeros((2, 3, 4)), np.zeros((4,))])
+    with pytest.raises(LayerError, match=where + "at most 2 bottom"):
+        build(type_, "", [np.zeros((2, 3))] * 3)
