@@ -824,3 +824,87 @@ def test_scale_bias_errors(type_):
         build(type_, "", [np.zeros((2, 3, 4)), np.zeros((4,))])
     with pytest.raises(LayerError, match=where + "at most 2 bottom"):
         build(type_, "", [np.zeros((2, 3))] * 3)
+
+
+# -- parity with the original Caffe (SphereFace-20, small) --------------------------------------
+def _caffe_net_parts():
+    from conftest import shared_path
+    from pyfacelayers.fileio.blobs import blob_to_array
+
+    folder = shared_path("fixtures", "caffe-ref", "B1_small")
+    import os
+    with open(os.path.join(folder, "B1_small_train.prototxt")) as f:
+        net = text_format.Parse(f.read(), caffe_pb2.NetParameter())
+    model = caffe_pb2.NetParameter()
+    with open(os.path.join(folder, "B1_small.caffemodel"), "rb") as f:
+        model.ParseFromString(f.read())
+    weights = {layer.name: [blob_to_array(b) for b in layer.blobs] for layer in model.layer}
+    params = {layer.name: layer for layer in net.layer}
+    return folder, params, weights
+
+
+def _residual_block(params, weights, names, x, dtype):
+    """conv/PReLU x3 with res = out_a + out_c, as the SphereFace net wires them.
+    Returns a backward function: d(res) -> (d(x), dict of param diffs)."""
+    layers = {}
+    blobs = {"in": Blob(x.shape, dtype=dtype)}
+    blobs["in"].data[...] = x
+    prev = "in"
+    for conv, relu in names:
+        c = create_layer(params[conv], TRAIN, dtype)
+        r = create_layer(params[relu], TRAIN, dtype)
+        blobs[conv] = Blob((), dtype=dtype)
+        c.setup([blobs[prev]], [blobs[conv]])
+        r.setup([blobs[conv]], [blobs[conv]])                    # in place, as in the net
+        for layer, name in ((c, conv), (r, relu)):
+            for blob, value in zip(layer.blobs, weights[name]):
+                blob.data[...] = value
+        c.forward([blobs[prev]], [blobs[conv]])
+        r.forward([blobs[conv]], [blobs[conv]])
+        layers[conv], layers[relu] = c, r
+        prev = conv
+    (a, ra), (b, rb), (c_, rc) = names
+    res = blobs[a].data + blobs[c_].data
+
+    def backward(d_res):
+        for layer in layers.values():
+            for blob in layer.blobs:
+                blob.diff[...] = 0
+        blobs[c_].diff[...] = d_res
+        order = [(c_, rc, b), (b, rb, a)]
+        for conv, relu, below in order:
+            layers[relu].backward([blobs[conv]], [True], [blobs[conv]])
+            layers[conv].backward([blobs[conv]], [True], [blobs[below]])
+        blobs[a].diff[...] += d_res                             # the residual branch
+        layers[ra].backward([blobs[a]], [True], [blobs[a]])
+        layers[a].backward([blobs[a]], [True], [blobs["in"]])
+        diffs = {"%s__%d" % (n, i): blob.diff.copy()
+                 for n, layer in layers.items() for i, blob in enumerate(layer.blobs)}
+        return blobs["in"].diff.copy(), blobs[a].diff.copy(), diffs
+
+    return blobs[a].data.copy(), res, backward
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-5)])
+def test_sphereface_blocks_match_caffe(dtype, tol):
+    """Two residual stages of the original Caffe's SphereFace-20 (B1_small fixture):
+    Convolution (pad 1, stride 1 and 2) and in-place PReLU, forward and backward."""
+    import os
+    folder, params, weights = _caffe_net_parts()
+    ref = np.load(os.path.join(folder, "B1_small_%s.npz" % ("f64" if dtype == np.float64
+                                                              else "f32")))
+    stage1 = [("conv1_1", "relu1_1"), ("conv1_2", "relu1_2"), ("conv1_3", "relu1_3")]
+    stage2 = [("conv2_1", "relu2_1"), ("conv2_2", "relu2_2"), ("conv2_3", "relu2_3")]
+    first, res1, back1 = _residual_block(params, weights, stage1, ref["input_data"], dtype)
+    assert_close(first, ref["blob__conv1_1"], tol, "conv1_1 (after PReLU)")
+    assert_close(res1, ref["blob__res1_3"], tol, "res1_3")
+    _, res2, back2 = _residual_block(params, weights, stage2, ref["blob__res1_3"], dtype)
+    assert_close(res2, ref["blob__res2_3"], tol, "res2_3")
+
+    d_res1, _, diffs2 = back2(ref["blobdiff__res2_3"])
+    assert_close(d_res1, ref["blobdiff__res1_3"], tol * 10, "diff res1_3")
+    d_data, d_conv1_1, diffs1 = back1(ref["blobdiff__res1_3"])
+    assert_close(d_conv1_1, ref["blobdiff__conv1_1"], tol * 10, "diff conv1_1")
+    assert_close(d_data, ref["data_diff"], tol * 10, "diff data")
+    for key, value in list(diffs1.items()) + list(diffs2.items()):
+        assert_close(value, ref["diff__" + key], tol * 10, "param diff " + key)
