@@ -236,6 +236,10 @@ class MarginInnerProduct(Layer):
                              % (what, array.dtype, self.dtype))
         if not array.flags.c_contiguous:
             raise self.error("%s (shape %s) must be C-contiguous" % (what, array.shape))
+        if array.size != rows * (1 if cols is None else cols):
+            raise self.error("%s has shape %s, expected %s values (%s)"
+                             % (what, array.shape, rows * (1 if cols is None else cols),
+                                (rows,) if cols is None else (rows, cols)))
         return array.reshape(rows, cols) if cols is not None else array.reshape(rows)
 
     def _labels(self, bottom, m, n):
@@ -288,11 +292,11 @@ class MarginInnerProduct(Layer):
         x = self._matrix(bottom[0].data, m, k, "features (bottom[0])")
         labels = self._labels(bottom, m, n)
         weight = self._matrix(self.blobs[0].data, n, k, "weight")
-        top_diff = self._matrix(top[0].diff, m, n, "top[0] diff")
         saved = self._saved
         if saved["x_norm"].shape[0] != m:
             raise self.error("batch size changed between forward (%d) and backward (%d)"
                              % (saved["x_norm"].shape[0], m))
+        top_diff = self._matrix(top[0].diff, m, n, "top[0] diff")
         xp = array_module(x)
         kernels = _kernels(xp)
 
