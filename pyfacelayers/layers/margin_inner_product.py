@@ -18,9 +18,9 @@ _P = caffe_pb2.MarginInnerProductParameter
 _TYPE_NAMES = {"SINGLE": _P.SINGLE, "DOUBLE": _P.DOUBLE, "TRIPLE": _P.TRIPLE,
                "QUADRUPLE": _P.QUADRUPLE}
 _GRADIENTS = ("normalized", "exact")
-# Rows of the weight gradient computed per BLAS call: bounds the temporary needed to
-# accumulate (numpy's matmul cannot add into its output) to about 4 MB.
-_WGRAD_CHUNK_BYTES = 1 << 22
+# Rows of the weight gradient computed per BLAS call when adding to a non-zero diff:
+# bounds the temporary (numpy's matmul cannot add into its output) to about 8 MB.
+_WGRAD_CHUNK_BYTES = 1 << 23
 
 
 def _kernels(xp):
@@ -322,7 +322,16 @@ class MarginInnerProduct(Layer):
                 self._accumulate_weight_diff(xp, weight_diff, top_diff, x)
 
     def _accumulate_weight_diff(self, xp, weight_diff, top_diff, x):
-        """weight_diff += top_diff^T . X, in blocks of weight rows (bounded temporary)."""
+        """weight_diff += top_diff^T . X without an N x K temporary.
+
+        numpy's matmul cannot add into its output (BLAS beta = 1), so: when the diff is
+        all zeros (the usual case: the solver clears diffs every iteration) write the
+        product straight into it; otherwise add it in blocks of weight rows (a bounded
+        temporary of about 8 MB).
+        """
+        if not bool(weight_diff.any()):
+            xp.matmul(top_diff.T, x, out=weight_diff)
+            return
         n, k = weight_diff.shape
         rows = max(1, _WGRAD_CHUNK_BYTES // max(1, k * self.dtype.itemsize))
         scratch = xp.empty((min(rows, n), k), self.dtype)
