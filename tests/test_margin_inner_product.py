@@ -375,3 +375,22 @@ def test_kernels_validate_their_arguments():
     with pytest.raises(ValueError, match="weight row 2 has zero norm"):
         _C.margin_normalize_rows(w)
     assert (w[0] == 1).all()  # unchanged on error
+
+
+@pytest.mark.parametrize("carried", [0.0, 0.5])
+def test_weight_diff_accumulates_in_blocks(monkeypatch, carried):
+    """Both weight-gradient paths (a zero diff written directly; a non-zero diff added
+    block by block) give diff + top_diff^T . X."""
+    import pyfacelayers.layers.margin_inner_product as mod
+    monkeypatch.setattr(mod, "_WGRAD_CHUNK_BYTES", 3 * 4 * 8)  # 3 weight rows per block
+    rng = np.random.default_rng(4)
+    layer, bottom, top = make_layer((6, 4), 11, np.float64, type="TRIPLE", base=2)
+    layer.blobs[0].data[...] = rng.normal(size=(11, 4))
+    bottom[0].data[...] = rng.normal(size=(6, 4))
+    bottom[1].data[...] = rng.integers(0, 11, size=6)
+    layer.blobs[0].diff[...] = carried
+    layer.forward(bottom, top)
+    top[0].diff[...] = rng.normal(size=(6, 11))
+    layer.backward(top, [True, False], bottom)
+    expected = carried + top[0].diff.T @ bottom[0].data
+    assert_close(layer.blobs[0].diff, expected, 1e-14, "weight diff")
