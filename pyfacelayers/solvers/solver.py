@@ -108,6 +108,12 @@ class Solver:
                               % (where, ", ".join(f for f in TRAIN_NET_FIELDS if p.HasField(f))))
         if p.HasField("net") and p.HasField("net_param"):
             raise SolverError("%s: both net and net_param are set" % where)
+        self._test_net_count()
+        for field in ("net", "train_net"):
+            if p.HasField(field):
+                self._resolve(getattr(p, field), field)
+        for f in p.test_net:
+            self._resolve(f, "test_net")
         if p.snapshot > 0:
             self.check_snapshot_prefix()
 
@@ -168,7 +174,8 @@ class Solver:
         return self._net_factory(net_param, state.phase, level=state.level,
                                  stages=tuple(state.stage), dtype=self.dtype, seed=seed)
 
-    def _init_test_nets(self, seed):
+    def _test_net_count(self):
+        """How many test nets the solver defines (Caffe's InitTestNets rules)."""
         p = self.param
         generic = p.HasField("net_param") or p.HasField("net")
         specific = len(p.test_net_param) + len(p.test_net)
@@ -186,6 +193,12 @@ class Solver:
         if instances and p.test_interval <= 0:
             raise SolverError("%s: test nets need test_interval > 0, got %d"
                               % (self._where, p.test_interval))
+        return instances
+
+    def _init_test_nets(self, seed):
+        p = self.param
+        specific = len(p.test_net_param) + len(p.test_net)
+        instances = self._test_net_count()
         params = [("test_net_param", q) for q in p.test_net_param]
         params += [("test_net file: " + f, self._read_net("test_net", f)) for f in p.test_net]
         for _ in range(instances - specific):
