@@ -630,3 +630,156 @@ def test_restore_rejects_mismatched_history(tmp_path):
 def test_legacy_solver_type_upgraded():
     s = get_solver(BASE + "solver_type: NESTEROV momentum: 0.9")
     assert s.type == "Nesterov" and isinstance(s, solvers.NesterovSolver)
+
+
+# ---------------------------------------------------------------------------------------
+# Command line: train / test / time.
+from pyfacelayers.cli import main as cli_main  # noqa: E402
+
+TRAIN_SOLVER = """net_param { name: "quadnet" }
+type: "SGD" base_lr: 0.05 momentum: 0.9 weight_decay: 0.001
+lr_policy: "step" stepsize: 3 gamma: 0.5
+max_iter: 8 display: 2 snapshot: 4
+snapshot_prefix: "%s"
+"""
+
+
+def write_solver(tmp_path, prefix="snap"):
+    path = tmp_path / "solver.prototxt"
+    path.write_text(TRAIN_SOLVER % os.path.join(str(tmp_path), prefix))
+    return str(path)
+
+
+def uninterrupted_final(tmp_path):
+    s = make_solver(base="", extra=TRAIN_SOLVER % os.path.join(str(tmp_path), "ref"))
+    s.step(8)
+    return [p.data.copy() for p in s.net.learnable_params]
+
+
+def test_train_command_writes_log_and_snapshots(tmp_path, capsys):
+    solver = write_solver(tmp_path)
+    logfile = str(tmp_path / "train.log")
+    assert cli_main(["train", "--solver", solver, "--log", logfile, "--dtype", "float64"]) == 0
+    text = open(logfile).read()
+    import re
+    assert re.search(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} \d+ solver\.py:\d+\] Iteration 0 \(", text, re.M)
+    assert "Iteration 2, lr = 0.05" in text and "Train net output #0: loss = " in text
+    assert "Snapshotting to binary proto file %s" % os.path.join(str(tmp_path), "snap_iter_4")\
+        in text
+    assert "Optimization Done." in text
+    err = capsys.readouterr().err
+    # not a terminal: plain progress lines every `display` iterations
+    assert "iter 2/8 | loss " in err and "iter 8/8" in err and "\r" not in err
+    assert "lr 0.025" in err  # step policy: 0.05 * 0.5 from iteration 3 on
+    for n in (4, 8):
+        assert os.path.exists(os.path.join(str(tmp_path), "snap_iter_%d.solverstate" % n))
+    final = FakeNet.instances[0].learnable_params
+    for p, q in zip(final, uninterrupted_final(tmp_path)):
+        np.testing.assert_array_equal(p.data, q)
+
+
+def test_train_ctrl_c_snapshots_and_resume_continues_exactly(tmp_path, monkeypatch, capsys):
+    solver = write_solver(tmp_path)
+    # A KeyboardInterrupt inside iteration 5's forward (as a second Ctrl-C would).
+    orig_init = FakeNet.__init__
+
+    def init(self, *a, **k):
+        orig_init(self, *a, **k)
+        self.fail_at = FakeNet.fail_at_class
+    monkeypatch.setattr(FakeNet, "fail_at_class", 5, raising=False)
+    monkeypatch.setattr(FakeNet, "__init__", init)
+    assert cli_main(["train", "--solver", solver, "--dtype", "float64"]) == 130
+    state = os.path.join(str(tmp_path), "snap_iter_5.solverstate")
+    assert os.path.exists(state)
+    assert "resume with --snapshot" in capsys.readouterr().err
+    import json
+    extra = json.load(open(state + ".pfl.json"))
+    # the layer state from before the interrupted iteration, not after its partial forward
+    assert extra["train_net_layer_states"] == {"quad": {"iter": 5}}
+    monkeypatch.setattr(FakeNet, "fail_at_class", None)
+    FakeNet.instances = []
+    assert cli_main(["train", "--solver", solver, "--snapshot", state,
+                     "--dtype", "float64"]) == 0
+    for p, q in zip(FakeNet.instances[0].learnable_params, uninterrupted_final(tmp_path)):
+        np.testing.assert_array_equal(p.data, q)
+
+
+def test_train_first_sigint_stops_after_the_iteration(tmp_path, monkeypatch):
+    import signal
+    solver = write_solver(tmp_path)
+    orig = FakeNet.forward_backward
+
+    def forward_backward(self):
+        if self.counter == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return orig(self)
+    monkeypatch.setattr(FakeNet, "forward_backward", forward_backward)
+    assert cli_main(["train", "--solver", solver]) == 0
+    assert FakeNet.instances[0].counter == 3
+    assert os.path.exists(os.path.join(str(tmp_path), "snap_iter_3.solverstate"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_train_command_errors(tmp_path, capsys):
+    solver = write_solver(tmp_path)
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--solver", solver, "--weights", "a", "--snapshot", "b"])
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text('net_param {} lr_policy: "sometimes"\n')
+    assert cli_main(["train", "--solver", str(bad)]) == 1
+    assert 'unknown lr_policy "sometimes"' in capsys.readouterr().err
+    assert FakeNet.instances == []
+
+
+class LayeredFake(FakeNet):
+    class L:
+        def __init__(self, name):
+            self.name = name
+
+    def __init__(self, *a, **k):
+        super().__init__(caffe_pb2.NetParameter(name="f"), caffe_pb2.TEST)
+        self.layers = [self.L("ip"), self.L("loss")]
+        self.calls = []
+
+    def forward_from_to(self, start=0, end=None):
+        self.calls.append(("f", start, end))
+        return self._forward()[2] if end == len(self.layers) - 1 else 0.0
+
+    def backward_from_to(self, start=None, end=0):
+        self.calls.append(("b", start, end))
+
+
+def test_test_command_means(capsys):
+    import argparse
+    args = argparse.Namespace(iterations=3, gpu=None)
+    lines = []
+    means = __import__("pyfacelayers.commands.test", fromlist=["run"]).run(
+        args, out=lines.append, make_net=LayeredFake)
+    w, b = W0, B0
+    expected = [grads(w, b, k)[2] for k in range(3)]
+    assert means["loss"][0] == pytest.approx(sum(expected) / 3, rel=1e-6)
+    assert "Batch 2, loss = %g" % np.float32(expected[2]) in lines
+    assert any(line.startswith("loss = ") and "(* 1 = " in line for line in lines)
+    with pytest.raises(ValueError, match="iterations"):
+        __import__("pyfacelayers.commands.test", fromlist=["run"]).run(
+            argparse.Namespace(iterations=0, gpu=None), out=lines.append, make_net=LayeredFake)
+
+
+def test_time_command_table():
+    import argparse
+    from pyfacelayers.commands import time as time_cmd
+    lines = []
+    nets = []
+
+    def make(args):
+        nets.append(LayeredFake())
+        return nets[-1]
+    forward, backward = time_cmd.run(argparse.Namespace(iterations=2, gpu=None),
+                                     out=lines.append, make_net=make)
+    assert len(forward) == 2 and all(t >= 0 for t in forward + backward)
+    calls = nets[0].calls
+    assert calls[:2] == [("f", 0, 1), ("b", 1, 0)]
+    assert calls[2:6] == [("f", 0, 0), ("f", 1, 1), ("b", 1, 1), ("b", 0, 0)]
+    assert any("ip\tforward: " in line for line in lines)
+    assert any("loss\tbackward: " in line for line in lines)
+    assert lines[-1].startswith("Total Time: ")

@@ -70,6 +70,8 @@ def get_solver(solver, **kwargs):
                            else "(SolverParameter)")
     return solver_class(param.type, where)(solver, **kwargs)
 
+
+
 __all__ = ["SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
            "AdaDeltaSolver", "AdamSolver", "Solver", "SolverError", "get_solver",
            "solver_class", "POLICIES", "learning_rate"]

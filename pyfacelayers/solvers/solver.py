@@ -7,6 +7,7 @@ averaged), then ApplyUpdate (clip -> normalise -> regularise -> update rule ->
 ``data -= diff``), and only then ``iter += 1``; snapshots come after the increment.
 """
 
+import copy
 import logging
 import math
 import os
@@ -42,16 +43,18 @@ class Solver:
     """A Caffe solver of one type (``rule_class`` picks the update rule).
 
     ``solver`` is a SolverParameter, a solver .prototxt path or prototxt text.
-    ``dtype`` is the nets' Dtype (float32 default, float64 supported).
+    ``dtype`` is the nets' Dtype (float32 default, float64 supported). ``source``:
+    the solver file a SolverParameter came from (relative net paths are also looked
+    up next to it).
     """
 
     rule_class = None
 
-    def __init__(self, solver, dtype=np.float32, net_factory=None):
+    def __init__(self, solver, dtype=np.float32, net_factory=None, source=None):
         if isinstance(solver, caffe_pb2.SolverParameter):
             self.param = caffe_pb2.SolverParameter()
             self.param.CopyFrom(solver)
-            self._source = None
+            self._source = os.fspath(source) if source else None
         else:
             self._source = os.fspath(solver) if os.path.exists(os.fspath(solver)) else None
             self.param = read_solver(solver)
@@ -71,6 +74,8 @@ class Solver:
         self._requests = []
         self.requested_early_exit = False
         self._in_update = False
+        self._start_states = None  # layer states when the running iteration began
+        self.last_snapshot = None  # (iter, solverstate path) of the latest snapshot
         self._iterations_last = 0
         self._timer = time.time()
 
@@ -282,6 +287,9 @@ class Solver:
         self._timer = time.time()
         self._iterations_last = self.iter
         while self.iter < stop_iter:
+            # Kept so that a snapshot taken after an interrupt inside this iteration
+            # (which leaves the weights as they were) resumes it exactly.
+            self._start_states = copy.deepcopy(self._layer_states())
             self.net.clear_param_diffs()
             if (p.test_interval and self.iter % p.test_interval == 0
                     and (self.iter > 0 or p.test_initialization)):
@@ -303,6 +311,7 @@ class Solver:
             self.apply_update()
             # iter counts the updates done (Caffe increments after ApplyUpdate).
             self.iter += 1
+            self._start_states = None
             for fn in self._iteration_callbacks:
                 fn(self, loss)
             request = self._requested_action()
@@ -514,15 +523,21 @@ class Solver:
         log.info("Snapshotting solver state to binary proto file %s", state_path)
         snap.write_extra(state_path, self._extra_state())
         snap.write_state(state_path, self.iter, model, self.current_step, self.history)
+        self.last_snapshot = (self.iter, state_path)
         return state_path
 
+    def _layer_states(self):
+        return (self.net.get_layer_states(), [n.get_layer_states() for n in self.test_nets])
+
     def _extra_state(self):
-        return {
-            "iter": self.iter,
-            "type": self.type,
-            "train_net_layer_states": self.net.get_layer_states(),
-            "test_net_layer_states": [n.get_layer_states() for n in self.test_nets],
-        }
+        train, test = self._start_states or self._layer_states()
+        return {"iter": self.iter, "type": self.type, "train_net_layer_states": train,
+                "test_net_layer_states": test}
+
+    @property
+    def consistent(self):
+        """False only while an update is half applied (then a snapshot would be wrong)."""
+        return not self._in_update
 
     def restore(self, path):
         """Resume from a .solverstate (ours or Caffe's): iteration, current_step, the
