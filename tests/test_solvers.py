@@ -40,10 +40,16 @@ def grads(w, b, k):
     return A * (w - t), (b - c), 0.5 * float((A * (w - t) ** 2).sum() + ((b - c) ** 2).sum())
 
 
+class NoiseLayer:
+    def __init__(self, name, rng):
+        self.name, self.rng = name, rng
+
+
 class FakeNet:
     """Implements the part of Net's interface the solvers use."""
 
     instances = []
+    noise = 0.0
 
     def __init__(self, net_param, phase, level=0, stages=(), dtype=np.float32, seed=None):
         self.name = net_param.name or "fake"
@@ -59,7 +65,9 @@ class FakeNet:
         self.blobs = OrderedDict([("loss", Blob((1,), self.dtype))])
         self.outputs = ["loss"]
         self.blob_loss_weights = {"loss": 1.0}
-        self.layers = []
+        # A layer with its own random generator (as Dropout or a random data layer);
+        # with FakeNet.noise > 0 it perturbs the targets of every forward.
+        self.layers = [NoiseLayer("noise", np.random.default_rng(seed))]
         self.counter = 0
         self.fail_at = None
         FakeNet.instances.append(self)
@@ -70,6 +78,8 @@ class FakeNet:
         w = self.learnable_params[0].data.astype(np.float64)
         b = self.learnable_params[1].data.astype(np.float64)
         gw, gb, loss = grads(w, b, self.counter)
+        if FakeNet.noise:
+            gw = gw + FakeNet.noise * self.layers[0].rng.standard_normal(gw.shape)
         self.counter += 1
         self.blobs["loss"].data[...] = loss
         return gw, gb, loss
@@ -461,9 +471,10 @@ def read_state(path):
 
 
 @pytest.mark.parametrize("solver_type", ["SGD", "Adam", "AdaDelta", "Nesterov"])
-def test_snapshot_restore_resume_equals_uninterrupted(tmp_path, solver_type):
+def test_snapshot_restore_resume_equals_uninterrupted(tmp_path, monkeypatch, solver_type):
+    monkeypatch.setattr(FakeNet, "noise", 0.05)  # random gradients: the RNG state matters
     extra = SOLVER_SETTINGS[solver_type] + (' lr_policy: "multistep" gamma: 0.5 '
-                                            'stepvalue: 2 stepvalue: 3 iter_size: 2')
+                                            'stepvalue: 2 stepvalue: 3 iter_size: 2 random_seed: 3')
     full = make_solver(extra, tmp_path)
     full.step(6)
 
@@ -481,6 +492,7 @@ def test_snapshot_restore_resume_equals_uninterrupted(tmp_path, solver_type):
     del first  # "killed"
 
     resumed = make_solver(extra, tmp_path)
+    resumed.net.layers[0].rng.standard_normal(5)  # a different RNG position, restored below
     resumed.restore(state_path)
     assert resumed.iter == 4 and resumed.current_step == 2
     assert resumed.net.counter == 8  # layer state from the side file
@@ -639,7 +651,7 @@ from pyfacelayers.cli import main as cli_main  # noqa: E402
 TRAIN_SOLVER = """net_param { name: "quadnet" }
 type: "SGD" base_lr: 0.05 momentum: 0.9 weight_decay: 0.001
 lr_policy: "step" stepsize: 3 gamma: 0.5
-max_iter: 8 display: 2 snapshot: 4
+max_iter: 8 display: 2 snapshot: 4 random_seed: 11
 snapshot_prefix: "%s"
 """
 
@@ -679,6 +691,7 @@ def test_train_command_writes_log_and_snapshots(tmp_path, capsys):
 
 
 def test_train_ctrl_c_snapshots_and_resume_continues_exactly(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(FakeNet, "noise", 0.05)
     solver = write_solver(tmp_path)
     # A KeyboardInterrupt inside iteration 5's forward (as a second Ctrl-C would).
     orig_init = FakeNet.__init__
@@ -696,6 +709,7 @@ def test_train_ctrl_c_snapshots_and_resume_continues_exactly(tmp_path, monkeypat
     extra = json.load(open(state + ".pfl.json"))
     # the layer state from before the interrupted iteration, not after its partial forward
     assert extra["train_net_layer_states"] == {"quad": {"iter": 5}}
+    assert extra["train_net_rng_states"]["noise"]["bit_generator"] == "PCG64"
     monkeypatch.setattr(FakeNet, "fail_at_class", None)
     FakeNet.instances = []
     assert cli_main(["train", "--solver", solver, "--snapshot", state,

@@ -527,12 +527,14 @@ class Solver:
         return state_path
 
     def _layer_states(self):
-        return (self.net.get_layer_states(), [n.get_layer_states() for n in self.test_nets])
+        nets = [self.net] + list(self.test_nets)
+        return ([n.get_layer_states() for n in nets], [_rng_states(n) for n in nets])
 
     def _extra_state(self):
-        train, test = self._start_states or self._layer_states()
-        return {"iter": self.iter, "type": self.type, "train_net_layer_states": train,
-                "test_net_layer_states": test}
+        layers, rngs = self._start_states or self._layer_states()
+        return {"iter": self.iter, "type": self.type,
+                "train_net_layer_states": layers[0], "test_net_layer_states": layers[1:],
+                "train_net_rng_states": rngs[0], "test_net_rng_states": rngs[1:]}
 
     @property
     def consistent(self):
@@ -563,7 +565,31 @@ class Solver:
             self.net.set_layer_states(extra.get("train_net_layer_states", {}))
             for net, states in zip(self.test_nets, extra.get("test_net_layer_states", [])):
                 net.set_layer_states(states)
+            _set_rng_states(self.net, extra.get("train_net_rng_states", {}))
+            for net, states in zip(self.test_nets, extra.get("test_net_rng_states", [])):
+                _set_rng_states(net, states)
         log.info("%s: restored iteration %d from %s", self.type, self.iter, path)
+
+
+def _rng_states(net):
+    """{layer name: its numpy Generator's state} for the layers of ``net`` that have one
+    (dropout masks, random data, the triplet draw): Caffe keeps no such state, so a
+    resumed run needs ours to continue the same random sequence."""
+    states = {}
+    for i, layer in enumerate(getattr(net, "layers", [])):
+        rng = getattr(layer, "rng", None)
+        bit_generator = getattr(rng, "bit_generator", None)
+        if bit_generator is not None:
+            states[getattr(layer, "name", str(i))] = bit_generator.state
+    return states
+
+
+def _set_rng_states(net, states):
+    for i, layer in enumerate(getattr(net, "layers", [])):
+        state = states.get(getattr(layer, "name", str(i)))
+        rng = getattr(layer, "rng", None)
+        if state is not None and getattr(rng, "bit_generator", None) is not None:
+            rng.bit_generator.state = state
 
 
 def _values(array):
