@@ -321,9 +321,7 @@ def test_lr_policy_values_known():
     for it in range(6):
         rate, step = solvers.learning_rate(p, it, step)
         rates.append(rate)
-    expected = [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
-    np.testing.assert_allclose(rates, np.float32(0.1) ** np.arange(1, 4).repeat(2) * 10 / 10
-                               if False else expected, rtol=1e-6)
+    np.testing.assert_allclose(rates, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
     # A stale current_step catches up one step per call (Caffe's 'if', not 'while').
     rate, step = solvers.learning_rate(p, 10, 0)
     assert step == 1 and rate == pytest.approx(0.01, rel=1e-6)
@@ -797,3 +795,56 @@ def test_time_command_table():
     assert any("ip\tforward: " in line for line in lines)
     assert any("loss\tbackward: " in line for line in lines)
     assert lines[-1].startswith("Total Time: ")
+
+
+class FakeTTY:
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def test_progress_on_a_terminal_redraws_one_line(tmp_path):
+    import argparse
+    from pyfacelayers.commands import train as train_cmd
+    orig = FakeNet.forward_backward
+
+    tty = FakeTTY()
+    args = argparse.Namespace(solver=write_solver(tmp_path), weights=None, snapshot=None,
+                              gpu=None, log=None, level=None, stage=None, dtype="float64")
+    FakeNet.forward_backward = lambda self: (self.blobs.setdefault(
+        "lambda", Blob((1,), self.dtype)).data.__setitem__(Ellipsis, 5.0 + self.counter),
+        orig(self))[1]
+    try:
+        assert train_cmd.run(args, stream=tty) == 0
+    finally:
+        FakeNet.forward_backward = orig
+    assert tty.text.count("\r\x1b[K") >= 8
+    assert "iter 8/8 | loss " in tty.text and "lambda 12 | lr 0.0125 | " in tty.text
+    assert " it/s" in tty.text
+    # messages (snapshots) are printed on their own lines above the progress line
+    assert "\r\x1b[KSnapshotting to binary proto file" in tty.text
+    assert tty.text.endswith("\n")
+
+
+def test_train_with_weights_finetunes(tmp_path):
+    source = make_solver('type: "SGD"', tmp_path)
+    source.step(3)
+    weights = str(tmp_path / "w.caffemodel")
+    source.net.save(weights)
+    FakeNet.instances = []
+    solver = write_solver(tmp_path).replace("solver.prototxt", "solver.prototxt")
+    text = open(solver).read().replace("max_iter: 8", "max_iter: 0") \
+        .replace("snapshot: 4", "snapshot_after_train: false")
+    open(solver, "w").write(text)
+    assert cli_main(["train", "--solver", solver, "--weights", weights,
+                     "--dtype", "float64"]) == 0
+    for p, q in zip(FakeNet.instances[0].learnable_params, source.net.learnable_params):
+        np.testing.assert_array_equal(p.data, q.data)
