@@ -142,6 +142,7 @@ class Net:
                 param_need.append(lr != 0)
                 need_backward |= lr != 0
             self._param_need_backward.append(param_need)
+            layer.param_propagate_down = param_need
             # Loss weights (Caffe's SetLossWeights): explicit, else 1 on a loss layer's top 0.
             weights = []
             for j, name in enumerate(lp.top):
