@@ -282,6 +282,7 @@ class Solver:
         p = self.param
         start_iter = self.iter
         stop_iter = self.iter + int(iters)
+        self.requested_early_exit = False
         self._losses = []
         self.smoothed_loss = 0.0
         self._timer = time.time()
@@ -422,7 +423,7 @@ class Solver:
         if self.requested_early_exit:
             log.info("Test interrupted.")
             return None
-        if p.test_compute_loss:
+        if p.test_compute_loss and iters > 0:
             log.info("Test loss: %s", _fmt(loss / iters))
         results, index = {}, 0
         for name, total in scores or []:
