@@ -138,7 +138,7 @@ class Net:
             # Parameters: learned unless lr_mult is 0 (Caffe's param_need_backward).
             param_need = []
             for k in range(len(layer.blobs)):
-                lr = lp.param[k].lr_mult if k < len(lp.param) else 1.0
+                lr = lp.param[k].lr_mult if k < len(lp.param) else layer.default_lr_mult
                 param_need.append(lr != 0)
                 need_backward |= lr != 0
             self._param_need_backward.append(param_need)

@@ -11,9 +11,6 @@ from .. import backend
 log = logging.getLogger("pyfacelayers")
 
 
-def register(subparsers):
-    """No subcommand here (the command line imports every module of this package)."""
-
 
 class GlogFormatter(logging.Formatter):
     """``I1127 00:10:05.123456 4242 solver.py:218] message``: glog's layout, so tools
