@@ -105,6 +105,7 @@ def test_float64_net():
 KNOWN_DATA_SHAPES = {
     "mnist": {"data": (4, 1, 28, 28), "label": (4,)},
     "cifar10": {"data": (4, 3, 32, 32), "label": (4,)},
+    "sphereface": {"data": (2, 3, 112, 96), "label": (2,)},
 }
 
 
