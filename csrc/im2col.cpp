@@ -12,6 +12,25 @@
 
 namespace pfl {
 
+namespace {
+
+// The output columns ow in [lo, hi) whose input column ow*stride + offset lies in
+// [0, width): lets the inner loops run without a bounds test per element.
+struct ValidRange {
+  long lo, hi;
+};
+
+ValidRange valid_columns(long offset, long stride, long width, long out_w) {
+  long lo = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+  long hi = offset > width - 1 ? 0 : (width - 1 - offset) / stride + 1;
+  if (lo > out_w) lo = out_w;
+  if (hi > out_w) hi = out_w;
+  if (hi < lo) hi = lo;
+  return ValidRange{lo, hi};
+}
+
+}  // namespace
+
 template <typename T>
 void im2col_cpu(const T* im, const ConvGeometry& g, T* col) {
   const long plane = g.height * g.width;
@@ -21,6 +40,8 @@ void im2col_cpu(const T* im, const ConvGeometry& g, T* col) {
     for (long ki = 0; ki < g.kernel_h; ++ki) {
       for (long kj = 0; kj < g.kernel_w; ++kj) {
         const long row = (c * g.kernel_h + ki) * g.kernel_w + kj;
+        const long w_offset = kj * g.dilation_w - g.pad_w;
+        const ValidRange r = valid_columns(w_offset, g.stride_w, g.width, g.out_w);
         for (long n = 0; n < g.num; ++n) {
           const T* src = im + (n * g.channels + c) * plane;
           T* dst = col + row * row_len + n * out_plane;
@@ -32,10 +53,14 @@ void im2col_cpu(const T* im, const ConvGeometry& g, T* col) {
               continue;
             }
             const T* in_row = src + h * g.width;
-            for (long ow = 0; ow < g.out_w; ++ow) {
-              const long w = ow * g.stride_w - g.pad_w + kj * g.dilation_w;
-              out_row[ow] = (w >= 0 && w < g.width) ? in_row[w] : T(0);
+            std::fill(out_row, out_row + r.lo, T(0));
+            if (g.stride_w == 1) {
+              std::copy(in_row + r.lo + w_offset, in_row + r.hi + w_offset, out_row + r.lo);
+            } else {
+              for (long ow = r.lo; ow < r.hi; ++ow)
+                out_row[ow] = in_row[ow * g.stride_w + w_offset];
             }
+            std::fill(out_row + r.hi, out_row + g.out_w, T(0));
           }
         }
       }
@@ -53,6 +78,8 @@ void col2im_cpu(const T* col, const ConvGeometry& g, T* im) {
     for (long ki = 0; ki < g.kernel_h; ++ki) {
       for (long kj = 0; kj < g.kernel_w; ++kj) {
         const long row = (c * g.kernel_h + ki) * g.kernel_w + kj;
+        const long w_offset = kj * g.dilation_w - g.pad_w;
+        const ValidRange r = valid_columns(w_offset, g.stride_w, g.width, g.out_w);
         for (long n = 0; n < g.num; ++n) {
           T* dst = im + (n * g.channels + c) * plane;
           const T* src = col + row * row_len + n * out_plane;
@@ -61,10 +88,8 @@ void col2im_cpu(const T* col, const ConvGeometry& g, T* im) {
             if (h < 0 || h >= g.height) continue;
             const T* col_row = src + oh * g.out_w;
             T* im_row = dst + h * g.width;
-            for (long ow = 0; ow < g.out_w; ++ow) {
-              const long w = ow * g.stride_w - g.pad_w + kj * g.dilation_w;
-              if (w >= 0 && w < g.width) im_row[w] += col_row[ow];
-            }
+            for (long ow = r.lo; ow < r.hi; ++ow)
+              im_row[ow * g.stride_w + w_offset] += col_row[ow];
           }
         }
       }

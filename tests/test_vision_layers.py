@@ -908,3 +908,47 @@ def test_sphereface_blocks_match_caffe(dtype, tol):
     assert_close(d_data, ref["data_diff"], tol * 10, "diff data")
     for key, value in list(diffs1.items()) + list(diffs2.items()):
         assert_close(value, ref["diff__" + key], tol * 10, "param diff " + key)
+
+
+# -- the im2col kernels directly ---------------------------------------------------------------
+def ref_im2col(x, k, p, s, d):
+    n, c, h, w = x.shape
+    oh = (h + 2 * p[0] - (d[0] * (k[0] - 1) + 1)) // s[0] + 1
+    ow = (w + 2 * p[1] - (d[1] * (k[1] - 1) + 1)) // s[1] + 1
+    xp = np.zeros((n, c, h + 2 * p[0], w + 2 * p[1]))
+    xp[:, :, p[0]:p[0] + h, p[1]:p[1] + w] = x
+    col = np.zeros((c, k[0], k[1], n, oh, ow))
+    for a in range(k[0]):
+        for b in range(k[1]):
+            rows = xp[:, :, a * d[0]:a * d[0] + s[0] * (oh - 1) + 1:s[0],
+                      b * d[1]:b * d[1] + s[1] * (ow - 1) + 1:s[1]]
+            col[:, a, b] = rows.transpose(1, 0, 2, 3)
+    return col.reshape(c * k[0] * k[1], n, oh * ow)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_im2col_col2im_random_geometries(dtype):
+    from pyfacelayers.layers._vision_kernels import col2im, im2col
+    rng = np.random.default_rng(70)
+    for _ in range(60):
+        k = tuple(rng.integers(1, 4, 2))
+        d = tuple(rng.integers(1, 3, 2))
+        s = tuple(rng.integers(1, 4, 2))
+        p = tuple(rng.integers(0, 4, 2))
+        shape = (int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(1, 8)),
+                 int(rng.integers(1, 8)))
+        ext = [d[i] * (k[i] - 1) + 1 for i in range(2)]
+        if any(shape[2 + i] + 2 * p[i] < ext[i] for i in range(2)):
+            continue
+        x = rng.standard_normal(shape).astype(dtype)
+        expected = ref_im2col(x.astype(np.float64), k, p, s, d)
+        col = np.full(expected.shape, np.nan, dtype)
+        im2col(x, col, k, p, s, d)
+        np.testing.assert_array_equal(col, expected.astype(dtype))
+        # col2im is the adjoint of im2col: <im2col(x), c> = <x, col2im(c)>.
+        c = rng.standard_normal(expected.shape).astype(dtype)
+        back = np.full(shape, np.nan, dtype)
+        col2im(c, back, k, p, s, d)
+        lhs = float(np.sum(expected * c.astype(np.float64)))
+        rhs = float(np.sum(x.astype(np.float64) * back.astype(np.float64)))
+        assert abs(lhs - rhs) <= 1e-4 * (1 + abs(lhs)), (k, d, s, p, shape)

@@ -4,19 +4,34 @@ Parameters are read as Caffe reads them (kernel_size / pad / stride / dilation g
 once, once per spatial axis, or as the _h/_w fields). One and two spatial axes are
 supported (one is run as two with a height of 1).
 
-The products go through numpy's BLAS: a chunk of images is unrolled by the C++
+The products go through the array module's BLAS (numpy; cupy later, once im2col/col2im
+have CUDA twins in _vision_kernels): a chunk of images is unrolled by the C++
 im2col into a (C*kh*kw, n, OH*OW) column buffer, so that one matmul per group covers
 the whole chunk. Chunks keep that buffer under COL_BUFFER_ELEMENTS.
 """
 
 import numpy as np
 
+from ..backend import array_module
 from ._vision_kernels import col2im, conv_out_size, im2col
 from ._vision_util import new_param_blob, wants_param_grad
 from .base import Layer
 
 # Largest column buffer (in elements) built at once; bounds memory for big batches.
 COL_BUFFER_ELEMENTS = 1 << 23
+
+
+def _matmul_nt(a, b):
+    """a @ b^T per group, for the weight gradient (a long inner dimension).
+
+    With numpy's OpenBLAS the NT product runs several times faster when the operand
+    with more rows comes first (measured on SphereFace layer shapes), so the larger
+    one leads: (b @ a^T)^T when b has more rows.
+    """
+    xp = array_module(a)
+    if b.shape[1] >= a.shape[1]:
+        return xp.matmul(b, a.transpose(0, 2, 1)).transpose(0, 2, 1)
+    return xp.matmul(a, b.transpose(0, 2, 1))
 
 
 class ConvolutionBase(Layer):
@@ -161,21 +176,22 @@ class ConvolutionBase(Layer):
         """im2col of (n, C, H, W) images into a (group, C/group*kh*kw, n*positions) array."""
         n, c = images.shape[0], images.shape[1]
         rows = c * self.k2[0] * self.k2[1]
-        col = np.empty((rows, n, positions), dtype=images.dtype)
+        col = array_module(images).empty((rows, n, positions), dtype=images.dtype)
         im2col(images, col, self.k2, self.p2, self.s2, self.d2)
         return col.reshape(self.group, rows // self.group, n * positions)
 
     def _fold(self, col, images):
         """col2im of (group, rows, n*positions) columns into (n, C, H, W) images (overwritten)."""
         n = images.shape[0]
-        col = np.ascontiguousarray(col).reshape(-1, n, col.shape[-1] // n)
+        col = array_module(col).ascontiguousarray(col).reshape(-1, n, col.shape[-1] // n)
         col2im(col, images, self.k2, self.p2, self.s2, self.d2)
 
     @staticmethod
     def _to_groups(maps, group):
         """(n, C, P) -> (group, C/group, n*P), a contiguous copy."""
         n, c, p = maps.shape
-        return np.ascontiguousarray(maps.transpose(1, 0, 2)).reshape(group, c // group, n * p)
+        xp = array_module(maps)
+        return xp.ascontiguousarray(maps.transpose(1, 0, 2)).reshape(group, c // group, n * p)
 
     @staticmethod
     def _from_groups(grouped, n):
@@ -215,7 +231,7 @@ class ConvolutionBase(Layer):
         w = self._weight_groups()
         for s, e in self._chunks(self.channels * self.k2[0] * self.k2[1], out_pos):
             col = self._unfold(x[s:e], out_pos)
-            y[s:e] = self._from_groups(np.matmul(w, col), e - s)
+            y[s:e] = self._from_groups(array_module(w).matmul(w, col), e - s)
             self._add_bias(y[s:e])
 
     def _backward_conv(self, t, down, b):
@@ -233,9 +249,9 @@ class ConvolutionBase(Layer):
             dy_g = self._to_groups(dy[s:e], self.group)
             if need_w:
                 col = self._unfold(x[s:e], out_pos)
-                w_diff += np.matmul(dy_g, col.transpose(0, 2, 1))
+                w_diff += _matmul_nt(dy_g, col)
             if down:
-                self._fold(np.matmul(w.transpose(0, 2, 1), dy_g), dx[s:e])
+                self._fold(array_module(w).matmul(w.transpose(0, 2, 1), dy_g), dx[s:e])
 
     # Deconvolution: top = col2im(W^T * bottom) + b
     def _forward_deconv(self, b, t):
@@ -245,7 +261,7 @@ class ConvolutionBase(Layer):
         w = self._weight_groups()
         for s, e in self._chunks(self.num_output * self.k2[0] * self.k2[1], in_pos):
             x_g = self._to_groups(x[s:e], self.group)
-            self._fold(np.matmul(w.transpose(0, 2, 1), x_g), y[s:e])
+            self._fold(array_module(w).matmul(w.transpose(0, 2, 1), x_g), y[s:e])
         if self.bias_term:
             y_flat = t.data.reshape(self.num, self.num_output, -1)
             self._add_bias(y_flat)
@@ -266,6 +282,6 @@ class ConvolutionBase(Layer):
             col = self._unfold(dy[s:e], in_pos)
             if need_w:
                 x_g = self._to_groups(x[s:e], self.group)
-                w_diff += np.matmul(x_g, col.transpose(0, 2, 1))
+                w_diff += _matmul_nt(x_g, col)
             if down:
-                dx[s:e] = self._from_groups(np.matmul(w, col), e - s)
+                dx[s:e] = self._from_groups(array_module(w).matmul(w, col), e - s)
