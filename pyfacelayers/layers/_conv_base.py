@@ -1,8 +1,9 @@
 """What Convolution and Deconvolution share (Caffe's BaseConvolutionLayer).
 
 Parameters are read as Caffe reads them (kernel_size / pad / stride / dilation given
-once, once per spatial axis, or as the _h/_w fields). One and two spatial axes are
-supported (one is run as two with a height of 1).
+once, once per spatial axis, or as the _h/_w fields). Any number of spatial axes from
+1 to 8: two take the fast 2-D im2col (one is run as two with a height of 1), three or
+more the N-D one.
 
 The products go through the array module's BLAS (numpy; cupy later, once im2col/col2im
 have CUDA twins in _vision_kernels): a chunk of images is unrolled by the C++
@@ -17,6 +18,8 @@ from ._vision_kernels import col2im, conv_out_size, im2col
 from ._vision_util import new_param_blob, wants_param_grad
 from .base import Layer
 
+# The C++ N-D kernels take at most this many spatial axes.
+MAX_SPATIAL_AXES = 8
 # Largest column buffer (in elements) built at once; bounds memory for big batches.
 COL_BUFFER_ELEMENTS = 1 << 23
 
@@ -55,9 +58,9 @@ class ConvolutionBase(Layer):
                              % (cp.axis, len(shape), shape))
         self.channel_axis = cp.axis % len(shape)
         self.num_spatial_axes = len(shape) - self.channel_axis - 1
-        if self.num_spatial_axes not in (1, 2):
-            raise self.error("supports 1 or 2 spatial axes after the channel axis %d; "
-                             "bottom %s has %d" % (self.channel_axis, shape,
+        if not 1 <= self.num_spatial_axes <= MAX_SPATIAL_AXES:
+            raise self.error("supports 1 to %d spatial axes after the channel axis %d; "
+                             "bottom %s has %d" % (MAX_SPATIAL_AXES, self.channel_axis, shape,
                                                    self.num_spatial_axes))
         self.kernel = self._per_axis("kernel_size", list(cp.kernel_size), cp, "kernel_h",
                                      "kernel_w", None)
@@ -138,8 +141,9 @@ class ConvolutionBase(Layer):
         top_shape = tuple(first[:self.channel_axis]) + (self.num_output,) + tuple(out_spatial)
         for t in top:
             t.reshape(top_shape)
-        # The 2-D view the kernels work on ((1, L) for one spatial axis).
-        lead = 2 - self.num_spatial_axes
+        # The view the kernels work on: (1, L) for one spatial axis, so that it takes
+        # the fast 2-D kernel; as given for two or more.
+        lead = max(0, 2 - self.num_spatial_axes)
         self.k2 = (1,) * lead + tuple(self.kernel)
         self.p2 = (0,) * lead + tuple(self.pad)
         self.s2 = (1,) * lead + tuple(self.stride)
@@ -153,8 +157,8 @@ class ConvolutionBase(Layer):
 
     def _images(self, array, channels, spatial):
         """``array`` as (num, channels, H, W)."""
-        hw = [1] * (2 - len(spatial)) + list(spatial)
-        return array.reshape(self.num, channels, hw[0], hw[1])
+        dims = [1] * (2 - len(spatial)) + list(spatial)
+        return array.reshape((self.num, channels) + tuple(dims))
 
     # -- the products shared by both directions ----------------------------------------
     # "image side" is the larger spatial grid that im2col reads (conv: bottom;
@@ -175,7 +179,7 @@ class ConvolutionBase(Layer):
     def _unfold(self, images, positions):
         """im2col of (n, C, H, W) images into a (group, C/group*kh*kw, n*positions) array."""
         n, c = images.shape[0], images.shape[1]
-        rows = c * self.k2[0] * self.k2[1]
+        rows = c * int(np.prod(self.k2))
         col = array_module(images).empty((rows, n, positions), dtype=images.dtype)
         im2col(images, col, self.k2, self.p2, self.s2, self.d2)
         return col.reshape(self.group, rows // self.group, n * positions)
@@ -229,7 +233,7 @@ class ConvolutionBase(Layer):
         out_pos = int(np.prod(self.out_spatial))
         y = t.data.reshape(self.num, self.num_output, out_pos)
         w = self._weight_groups()
-        for s, e in self._chunks(self.channels * self.k2[0] * self.k2[1], out_pos):
+        for s, e in self._chunks(self.channels * int(np.prod(self.k2)), out_pos):
             col = self._unfold(x[s:e], out_pos)
             y[s:e] = self._from_groups(array_module(w).matmul(w, col), e - s)
             self._add_bias(y[s:e])
@@ -245,7 +249,7 @@ class ConvolutionBase(Layer):
         dx = self._images(b.diff, self.channels, self.in_spatial) if down else None
         w = self._weight_groups()
         w_diff = self.blobs[0].diff.reshape(w.shape)
-        for s, e in self._chunks(self.channels * self.k2[0] * self.k2[1], out_pos):
+        for s, e in self._chunks(self.channels * int(np.prod(self.k2)), out_pos):
             dy_g = self._to_groups(dy[s:e], self.group)
             if need_w:
                 col = self._unfold(x[s:e], out_pos)
@@ -259,7 +263,7 @@ class ConvolutionBase(Layer):
         x = b.data.reshape(self.num, self.channels, in_pos)
         y = self._images(t.data, self.num_output, self.out_spatial)
         w = self._weight_groups()
-        for s, e in self._chunks(self.num_output * self.k2[0] * self.k2[1], in_pos):
+        for s, e in self._chunks(self.num_output * int(np.prod(self.k2)), in_pos):
             x_g = self._to_groups(x[s:e], self.group)
             self._fold(array_module(w).matmul(w.transpose(0, 2, 1), x_g), y[s:e])
         if self.bias_term:
@@ -278,7 +282,7 @@ class ConvolutionBase(Layer):
         dx = b.diff.reshape(self.num, self.channels, in_pos) if down else None
         w = self._weight_groups()
         w_diff = self.blobs[0].diff.reshape(w.shape)
-        for s, e in self._chunks(self.num_output * self.k2[0] * self.k2[1], in_pos):
+        for s, e in self._chunks(self.num_output * int(np.prod(self.k2)), in_pos):
             col = self._unfold(dy[s:e], in_pos)
             if need_w:
                 x_g = self._to_groups(x[s:e], self.group)
