@@ -156,14 +156,13 @@ class ConvolutionBase(Layer):
         return conv_out_size(size, kernel, pad, stride, dilation)
 
     def _images(self, array, channels, spatial):
-        """``array`` as (num, channels, H, W)."""
+        """``array`` as (num, channels, *spatial); (num, channels, 1, L) for one axis."""
         dims = [1] * (2 - len(spatial)) + list(spatial)
         return array.reshape((self.num, channels) + tuple(dims))
 
     # -- the products shared by both directions ----------------------------------------
-    # "image side" is the larger spatial grid that im2col reads (conv: bottom;
-    # deconv: top), "column side" the grid of kernel positions (conv: top; deconv:
-    # bottom). col_channels counts the image-side channels.
+    # im2col always reads the larger grid (conv: bottom; deconv: top); its columns
+    # index the positions of the smaller one.
     def _chunks(self, col_rows, col_positions):
         per_image = max(1, col_rows * col_positions)
         step = max(1, COL_BUFFER_ELEMENTS // per_image)
@@ -177,7 +176,7 @@ class ConvolutionBase(Layer):
         return w.reshape(g, w.shape[0] // g, -1)
 
     def _unfold(self, images, positions):
-        """im2col of (n, C, H, W) images into a (group, C/group*kh*kw, n*positions) array."""
+        """im2col of (n, C, *spatial) images into a (group, C/group*prod(k), n*positions) array."""
         n, c = images.shape[0], images.shape[1]
         rows = c * int(np.prod(self.k2))
         col = array_module(images).empty((rows, n, positions), dtype=images.dtype)
@@ -185,7 +184,8 @@ class ConvolutionBase(Layer):
         return col.reshape(self.group, rows // self.group, n * positions)
 
     def _fold(self, col, images):
-        """col2im of (group, rows, n*positions) columns into (n, C, H, W) images (overwritten)."""
+        """col2im of (group, rows, n*positions) columns into (n, C, *spatial) images
+        (overwritten)."""
         n = images.shape[0]
         col = array_module(col).ascontiguousarray(col).reshape(-1, n, col.shape[-1] // n)
         col2im(col, images, self.k2, self.p2, self.s2, self.d2)
