@@ -2,7 +2,6 @@
 Scale, Bias): each against a naive float64 reference written here, and by central
 finite differences in float64 for bottom and parameter gradients."""
 
-
 import numpy as np
 import pytest
 from google.protobuf import text_format
