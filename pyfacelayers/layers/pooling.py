@@ -105,7 +105,9 @@ class PoolingLayer(Layer):
             t.reshape(n, c, ph, pw)
         if self.method == _P.MAX:
             xp = array_module(bottom[0].data)
-            self.mask = xp.zeros((n, c, ph, pw), dtype=np.int64)
+            mask = getattr(self, "mask", None)
+            if mask is None or mask.shape != (n, c, ph, pw) or array_module(mask) is not xp:
+                self.mask = xp.zeros((n, c, ph, pw), dtype=np.int64)
 
     def forward(self, bottom, top):
         if self.method == _P.MAX:
