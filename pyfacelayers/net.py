@@ -319,6 +319,12 @@ class Net:
         return {name: np.concatenate(v)[:count] if v and v[0].ndim else np.array(v)
                 for name, v in results.items()}
 
+    def set_input_arrays(self, data, labels):
+        """Feed arrays to the net's first layer, a MemoryData layer (pycaffe's API)."""
+        if not self.layers or self.layers[0].type != "MemoryData":
+            raise NetError("set_input_arrays needs a MemoryData layer as the first layer")
+        self.layers[0].set_input_arrays(data, labels)
+
     def reshape(self):
         for layer, bottom, top in zip(self.layers, self._bottoms, self._tops):
             layer.reshape(bottom, top)

@@ -1,0 +1,101 @@
+"""Helpers shared by the train/test/time commands: device selection and Caffe-style
+(glog) log lines."""
+
+import logging
+import os
+import sys
+import time
+
+from .. import backend
+
+log = logging.getLogger("pyfacelayers")
+
+
+def register(subparsers):
+    """No subcommand here (the command line imports every module of this package)."""
+
+
+class GlogFormatter(logging.Formatter):
+    """``I1127 00:10:05.123456 4242 solver.py:218] message``: glog's layout, so tools
+    written for Caffe logs (parse_log.py, extract_seconds.py) read ours."""
+
+    LEVELS = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W",
+              logging.ERROR: "E", logging.CRITICAL: "F"}
+
+    def format(self, record):
+        t = time.localtime(record.created)
+        micro = int((record.created - int(record.created)) * 1e6)
+        head = "%s%s.%06d %d %s:%d] " % (self.LEVELS.get(record.levelno, "I"),
+                                        time.strftime("%m%d %H:%M:%S", t), micro,
+                                        os.getpid(), record.filename, record.lineno)
+        return head + record.getMessage()
+
+
+def add_log_file(path):
+    """Send the "pyfacelayers" logger's INFO lines to ``path`` in glog's layout."""
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(GlogFormatter())
+    handler.setLevel(logging.INFO)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def add_console(stream=None, level=logging.INFO):
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(GlogFormatter())
+    handler.setLevel(level)
+    log.addHandler(handler)
+    log.setLevel(min(log.level or level, level))
+    return handler
+
+
+def add_device_arguments(parser):
+    parser.add_argument("--gpu", metavar="ID",
+                        help="run on GPU ID (needs cupy); default: the CPU")
+
+
+def select_device(gpu, solver_param=None):
+    """CPU or GPU mode from --gpu, else (for train) the solver's explicit solver_mode,
+    as Caffe's tool does. Returns a description for the log."""
+    from ..proto import caffe_pb2
+    if gpu is None and solver_param is not None and solver_param.HasField("solver_mode") \
+            and solver_param.solver_mode == caffe_pb2.SolverParameter.GPU:
+        try:
+            backend.set_device(solver_param.device_id)
+            backend.set_mode_gpu()
+            return "GPU %d (solver_mode)" % solver_param.device_id
+        except RuntimeError as exc:
+            log.warning("solver_mode is GPU but no GPU can be used (%s); running on the CPU",
+                        exc)
+            backend.set_mode_cpu()
+            return "CPU"
+    if gpu is None:
+        backend.set_mode_cpu()
+        return "CPU"
+    ids = [g for g in str(gpu).split(",") if g]
+    if ids == ["all"]:
+        ids = ["0"]
+    if len(ids) != 1 or not ids[0].isdigit():
+        raise ValueError("--gpu takes one device id (multi-GPU training is not supported), "
+                         "got %r" % gpu)
+    backend.set_device(int(ids[0]))
+    backend.set_mode_gpu()
+    return "GPU %s" % ids[0]
+
+
+def synchronize():
+    """Wait for queued GPU work (so timings measure it); nothing on the CPU."""
+    if backend.mode() == "gpu":
+        backend.import_cupy().cuda.Device().synchronize()
+
+
+def layer_names(net):
+    return [getattr(layer, "name", "layer%d" % i) for i, layer in enumerate(net.layers)]
+
+
+def split_stages(values):
+    stages = []
+    for v in values or []:
+        stages.extend(s for s in v.split(",") if s)
+    return stages

@@ -1,0 +1,196 @@
+"""``pyfacelayers train``: train a net with a solver, as ``caffe train``.
+
+    pyfacelayers train --solver S [--weights W | --snapshot S] [--gpu ID] [--log FILE]
+
+A progress line on stderr (iteration, loss, lambda when the net has a blob "lambda",
+lr, it/s) redraws in place on a terminal and is printed plainly otherwise; Caffe's log
+lines go to --log FILE (glog layout). Ctrl-C stops after the current iteration and
+snapshots; a second Ctrl-C stops at once (still snapshotting unless an update was
+half applied).
+"""
+
+import logging
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+
+from ..solvers import get_solver, read_solver
+from . import _common
+
+log = logging.getLogger("pyfacelayers")
+
+# Lines the progress display already shows; not repeated on the console.
+_ITERATION_NOISE = ("Train net output #", "Iteration ")
+
+
+def register(subparsers):
+    p = subparsers.add_parser("train", help="train a net with a solver (as caffe train)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--solver", required=True, help="the solver .prototxt")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--weights", help="initial weights: .caffemodel file(s), comma "
+                                         "separated (fine-tuning)")
+    group.add_argument("--snapshot", help="a .solverstate to resume training from")
+    _common.add_device_arguments(p)
+    p.add_argument("--log", metavar="FILE", help="append Caffe-style log lines to FILE")
+    p.add_argument("--level", type=int, default=None, help="the train net's NetState level")
+    p.add_argument("--stage", action="append", help="the train net's NetState stage(s)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="the nets' Dtype (default float32)")
+    p.set_defaults(func=run)
+
+
+class Progress:
+    """The one-line progress display on stderr."""
+
+    def __init__(self, solver, stream=None):
+        self.solver = solver
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every = solver.param.display or 20
+        self.start = None
+        self.start_iter = None
+        self.shown = False
+        self.last = ""
+
+    def __call__(self, solver, loss):
+        now = time.time()
+        if self.start is None:
+            self.start, self.start_iter = now, solver.iter - 1
+        done = solver.iter - self.start_iter
+        rate = done / (now - self.start) if now > self.start else 0.0
+        parts = ["iter %d/%d" % (solver.iter, solver.param.max_iter),
+                 "loss %.4g" % loss]
+        if "lambda" in solver.net.blobs:
+            value = np.asarray(_common.backend.to_numpy(solver.net.blobs["lambda"].data))
+            parts.append("lambda %.4g" % float(value.ravel()[0]))
+        parts += ["lr %.3g" % (solver.lr or 0.0), "%.2f it/s" % rate]
+        self.last = " | ".join(parts)
+        if self.tty:
+            self.stream.write("\r\x1b[K" + self.last)
+            self.stream.flush()
+            self.shown = True
+        elif solver.iter % self.every == 0 or solver.iter >= solver.param.max_iter:
+            self.stream.write(self.last + "\n")
+            self.stream.flush()
+
+    def clear(self):
+        if self.tty and self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def redraw(self):
+        if self.tty and self.shown:
+            self.stream.write(self.last)
+            self.stream.flush()
+
+    def finish(self):
+        if self.tty and self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.shown = False
+
+
+class ConsoleHandler(logging.Handler):
+    """Messages other than per-iteration lines, printed above the progress line."""
+
+    def __init__(self, progress_ref):
+        super().__init__(logging.INFO)
+        self.progress_ref = progress_ref
+
+    def emit(self, record):
+        message = record.getMessage()
+        if record.levelno < logging.WARNING and message.lstrip().startswith(_ITERATION_NOISE) \
+                and ("loss = " in message or "lr = " in message or "output #" in message):
+            return
+        progress = self.progress_ref[0]
+        stream = progress.stream if progress else sys.stderr
+        if progress:
+            progress.clear()
+        prefix = "" if record.levelno < logging.WARNING else record.levelname.lower() + ": "
+        stream.write(prefix + message + "\n")
+        if progress:
+            progress.redraw()
+        stream.flush()
+
+
+def run(args, stream=None):
+    stream = stream or sys.stderr
+    param = read_solver(args.solver)
+    if args.level is not None:
+        param.train_state.level = args.level
+    for stage in _common.split_stages(args.stage):
+        param.train_state.stage.append(stage)
+    progress_ref = [None]
+    handlers = [ConsoleHandler(progress_ref)]
+    if args.log:
+        handlers.append(_common.add_log_file(args.log))
+    log.addHandler(handlers[0])
+    old_level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        device = _common.select_device(args.gpu, param)
+        log.info("Using %s", device)
+        solver = get_solver(param, source=args.solver, dtype=np.dtype(args.dtype))
+        if args.weights:
+            for path in [w for w in args.weights.split(",") if w]:
+                log.info("Finetuning from %s", path)
+                solver.net.copy_from(path)
+                for net in solver.test_nets:
+                    net.copy_from(path)
+        progress = Progress(solver, stream)
+        progress_ref[0] = progress
+        solver.add_iteration_callback(progress)
+        return _train(solver, args.snapshot, progress)
+    finally:
+        if progress_ref[0]:
+            progress_ref[0].finish()
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()
+        log.setLevel(old_level)
+
+
+def _train(solver, resume, progress):
+    presses = [0]
+
+    def on_sigint(signum, frame):
+        presses[0] += 1
+        if presses[0] == 1:
+            solver.request_stop()
+            log.warning("Ctrl-C: stopping after this iteration and snapshotting "
+                        "(Ctrl-C again to stop at once)")
+        else:
+            raise KeyboardInterrupt
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
+    try:
+        solver.solve(resume)
+    except KeyboardInterrupt:
+        progress.finish()
+        if solver.consistent:
+            _snapshot_once(solver)
+            log.warning("Interrupted at iteration %d; resume with --snapshot %s",
+                        solver.iter, solver.last_snapshot[1])
+        else:
+            log.error("Interrupted in the middle of an update at iteration %d: no snapshot "
+                      "written (the weights are half updated)", solver.iter)
+        return 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+    if solver.requested_early_exit:
+        _snapshot_once(solver)
+        progress.finish()
+        log.warning("Stopped at iteration %d; resume with --snapshot %s", solver.iter,
+                    solver.last_snapshot[1])
+    return 0
+
+
+def _snapshot_once(solver):
+    if not solver.last_snapshot or solver.last_snapshot[0] != solver.iter:
+        solver.snapshot()

@@ -1,0 +1,271 @@
+"""What Convolution and Deconvolution share (Caffe's BaseConvolutionLayer).
+
+Parameters are read as Caffe reads them (kernel_size / pad / stride / dilation given
+once, once per spatial axis, or as the _h/_w fields). One and two spatial axes are
+supported (one is run as two with a height of 1).
+
+The products go through numpy's BLAS: a chunk of images is unrolled by the C++
+im2col into a (C*kh*kw, n, OH*OW) column buffer, so that one matmul per group covers
+the whole chunk. Chunks keep that buffer under COL_BUFFER_ELEMENTS.
+"""
+
+import numpy as np
+
+from ._vision_kernels import col2im, conv_out_size, im2col
+from ._vision_util import new_param_blob, wants_param_grad
+from .base import Layer
+
+# Largest column buffer (in elements) built at once; bounds memory for big batches.
+COL_BUFFER_ELEMENTS = 1 << 23
+
+
+class ConvolutionBase(Layer):
+    min_num_bottom = 1
+    min_num_top = 1
+    # Deconvolution swaps the roles of input and output (Caffe's reverse_dimensions).
+    reverse_dimensions = False
+
+    # -- setup ---------------------------------------------------------------------
+    def check_blob_counts(self, bottom, top):
+        super().check_blob_counts(bottom, top)
+        if len(bottom) != len(top):
+            raise self.error("needs as many tops as bottoms, got %d bottoms and %d tops"
+                             % (len(bottom), len(top)))
+
+    def layer_setup(self, bottom, top):
+        cp = self.param.convolution_param
+        shape = bottom[0].shape
+        if not -len(shape) <= cp.axis < len(shape):
+            raise self.error("axis %d out of range for a %d-D bottom %s"
+                             % (cp.axis, len(shape), shape))
+        self.channel_axis = cp.axis % len(shape)
+        self.num_spatial_axes = len(shape) - self.channel_axis - 1
+        if self.num_spatial_axes not in (1, 2):
+            raise self.error("supports 1 or 2 spatial axes after the channel axis %d; "
+                             "bottom %s has %d" % (self.channel_axis, shape,
+                                                   self.num_spatial_axes))
+        self.kernel = self._per_axis("kernel_size", list(cp.kernel_size), cp, "kernel_h",
+                                     "kernel_w", None)
+        self.stride = self._per_axis("stride", list(cp.stride), cp, "stride_h", "stride_w", 1)
+        self.pad = self._per_axis("pad", list(cp.pad), cp, "pad_h", "pad_w", 0)
+        self.dilation = self._per_axis("dilation", list(cp.dilation), None, None, None, 1)
+        for name, values, low in (("kernel_size", self.kernel, 1), ("stride", self.stride, 1),
+                                  ("dilation", self.dilation, 1)):
+            if any(v < low for v in values):
+                raise self.error("%s must be >= %d on every axis, got %s"
+                                 % (name, low, values))
+
+        self.channels = shape[self.channel_axis]
+        self.num_output = cp.num_output
+        self.group = cp.group
+        if self.num_output < 1:
+            raise self.error("num_output must be > 0, got %d" % self.num_output)
+        if self.group < 1:
+            raise self.error("group must be > 0, got %d" % self.group)
+        if self.channels % self.group:
+            raise self.error("input channels (%d) must be divisible by group (%d)"
+                             % (self.channels, self.group))
+        if self.num_output % self.group:
+            raise self.error("num_output (%d) must be divisible by group (%d)"
+                             % (self.num_output, self.group))
+        if self.reverse_dimensions:
+            out_ch, in_ch = self.channels, self.num_output
+        else:
+            out_ch, in_ch = self.num_output, self.channels
+        weight_shape = (out_ch, in_ch // self.group) + tuple(self.kernel)
+        self.bias_term = cp.bias_term
+        self.blobs = [new_param_blob(self, weight_shape, cp.weight_filler, "weight_filler")]
+        if self.bias_term:
+            self.blobs.append(new_param_blob(self, (self.num_output,), cp.bias_filler,
+                                             "bias_filler"))
+
+    def _per_axis(self, name, values, cp, name_h, name_w, default):
+        """Caffe's reading of a per-spatial-axis field and its _h/_w variant."""
+        n = self.num_spatial_axes
+        if cp is not None and (cp.HasField(name_h) or cp.HasField(name_w)):
+            if n != 2:
+                raise self.error("%s/%s can only be used for 2-D convolution" % (name_h, name_w))
+            if values:
+                raise self.error("give either %s or %s/%s, not both" % (name, name_h, name_w))
+            if default is None and not (cp.HasField(name_h) and cp.HasField(name_w)):
+                raise self.error("%s needs both %s and %s" % (name, name_h, name_w))
+            return [int(getattr(cp, name_h)), int(getattr(cp, name_w))]
+        if not values:
+            if default is None:
+                raise self.error("%s is required" % name)
+            return [default] * n
+        if len(values) not in (1, n):
+            raise self.error("%s must be given once or once per spatial axis (%d), got %d "
+                             "values" % (name, n, len(values)))
+        return [int(values[0 if len(values) == 1 else i]) for i in range(n)]
+
+    # -- shapes --------------------------------------------------------------------
+    def reshape(self, bottom, top):
+        first = bottom[0].shape
+        for b in bottom:
+            if b.shape != first:
+                raise self.error("all bottoms must have the same shape, got %s and %s"
+                                 % (first, b.shape))
+        if len(first) != self.channel_axis + 1 + self.num_spatial_axes:
+            raise self.error("bottom must have %d axes (as at setup), got shape %s"
+                             % (self.channel_axis + 1 + self.num_spatial_axes, first))
+        if first[self.channel_axis] != self.channels:
+            raise self.error("bottom has %d channels on axis %d, the weights expect %d"
+                             % (first[self.channel_axis], self.channel_axis, self.channels))
+        self.num = int(np.prod(first[:self.channel_axis], dtype=np.int64))
+        in_spatial = list(first[self.channel_axis + 1:])
+        out_spatial = [self._output_size(*args) for args in
+                       zip(in_spatial, self.kernel, self.pad, self.stride, self.dilation)]
+        if any(s < 1 for s in out_spatial):
+            raise self.error("the (dilated) kernel %s is larger than the padded input %s"
+                             % (self.kernel, in_spatial))
+        self.in_spatial, self.out_spatial = in_spatial, out_spatial
+        top_shape = tuple(first[:self.channel_axis]) + (self.num_output,) + tuple(out_spatial)
+        for t in top:
+            t.reshape(top_shape)
+        # The 2-D view the kernels work on ((1, L) for one spatial axis).
+        lead = 2 - self.num_spatial_axes
+        self.k2 = (1,) * lead + tuple(self.kernel)
+        self.p2 = (0,) * lead + tuple(self.pad)
+        self.s2 = (1,) * lead + tuple(self.stride)
+        self.d2 = (1,) * lead + tuple(self.dilation)
+
+    def _output_size(self, size, kernel, pad, stride, dilation):
+        if self.reverse_dimensions:
+            extent = dilation * (kernel - 1) + 1
+            return stride * (size - 1) + extent - 2 * pad
+        return conv_out_size(size, kernel, pad, stride, dilation)
+
+    def _images(self, array, channels, spatial):
+        """``array`` as (num, channels, H, W)."""
+        hw = [1] * (2 - len(spatial)) + list(spatial)
+        return array.reshape(self.num, channels, hw[0], hw[1])
+
+    # -- the products shared by both directions ----------------------------------------
+    # "image side" is the larger spatial grid that im2col reads (conv: bottom;
+    # deconv: top), "column side" the grid of kernel positions (conv: top; deconv:
+    # bottom). col_channels counts the image-side channels.
+    def _chunks(self, col_rows, col_positions):
+        per_image = max(1, col_rows * col_positions)
+        step = max(1, COL_BUFFER_ELEMENTS // per_image)
+        for start in range(0, self.num, step):
+            yield start, min(self.num, start + step)
+
+    def _weight_groups(self):
+        """Weights as (group, rows, kernel_cols): rows are the weight's axis 0 per group."""
+        w = self.blobs[0].data
+        g = self.group
+        return w.reshape(g, w.shape[0] // g, -1)
+
+    def _unfold(self, images, positions):
+        """im2col of (n, C, H, W) images into a (group, C/group*kh*kw, n*positions) array."""
+        n, c = images.shape[0], images.shape[1]
+        rows = c * self.k2[0] * self.k2[1]
+        col = np.empty((rows, n, positions), dtype=images.dtype)
+        im2col(images, col, self.k2, self.p2, self.s2, self.d2)
+        return col.reshape(self.group, rows // self.group, n * positions)
+
+    def _fold(self, col, images):
+        """col2im of (group, rows, n*positions) columns into (n, C, H, W) images (overwritten)."""
+        n = images.shape[0]
+        col = np.ascontiguousarray(col).reshape(-1, n, col.shape[-1] // n)
+        col2im(col, images, self.k2, self.p2, self.s2, self.d2)
+
+    @staticmethod
+    def _to_groups(maps, group):
+        """(n, C, P) -> (group, C/group, n*P), a contiguous copy."""
+        n, c, p = maps.shape
+        return np.ascontiguousarray(maps.transpose(1, 0, 2)).reshape(group, c // group, n * p)
+
+    @staticmethod
+    def _from_groups(grouped, n):
+        """(group, C/group, n*P) -> (n, C, P) view."""
+        g, cg, np_ = grouped.shape
+        return grouped.reshape(g * cg, n, np_ // n).transpose(1, 0, 2)
+
+    def _add_bias(self, out):
+        if self.bias_term:
+            out += self.blobs[1].data[None, :, None]
+
+    def _accumulate_bias_grad(self, top_diff):
+        if self.bias_term and wants_param_grad(self, 1):
+            self.blobs[1].diff[...] += top_diff.sum(axis=(0, 2))
+
+    # -- forward / backward ------------------------------------------------------------
+    def forward(self, bottom, top):
+        for b, t in zip(bottom, top):
+            if self.reverse_dimensions:
+                self._forward_deconv(b, t)
+            else:
+                self._forward_conv(b, t)
+
+    def backward(self, top, propagate_down, bottom):
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            down = bool(propagate_down[i]) if i < len(propagate_down) else False
+            if self.reverse_dimensions:
+                self._backward_deconv(t, down, b)
+            else:
+                self._backward_conv(t, down, b)
+
+    # Convolution: top = W * im2col(bottom) + b
+    def _forward_conv(self, b, t):
+        x = self._images(b.data, self.channels, self.in_spatial)
+        out_pos = int(np.prod(self.out_spatial))
+        y = t.data.reshape(self.num, self.num_output, out_pos)
+        w = self._weight_groups()
+        for s, e in self._chunks(self.channels * self.k2[0] * self.k2[1], out_pos):
+            col = self._unfold(x[s:e], out_pos)
+            y[s:e] = self._from_groups(np.matmul(w, col), e - s)
+            self._add_bias(y[s:e])
+
+    def _backward_conv(self, t, down, b):
+        out_pos = int(np.prod(self.out_spatial))
+        dy = t.diff.reshape(self.num, self.num_output, out_pos)
+        self._accumulate_bias_grad(dy)
+        need_w = wants_param_grad(self, 0)
+        if not (need_w or down):
+            return
+        x = self._images(b.data, self.channels, self.in_spatial)
+        dx = self._images(b.diff, self.channels, self.in_spatial) if down else None
+        w = self._weight_groups()
+        w_diff = self.blobs[0].diff.reshape(w.shape)
+        for s, e in self._chunks(self.channels * self.k2[0] * self.k2[1], out_pos):
+            dy_g = self._to_groups(dy[s:e], self.group)
+            if need_w:
+                col = self._unfold(x[s:e], out_pos)
+                w_diff += np.matmul(dy_g, col.transpose(0, 2, 1))
+            if down:
+                self._fold(np.matmul(w.transpose(0, 2, 1), dy_g), dx[s:e])
+
+    # Deconvolution: top = col2im(W^T * bottom) + b
+    def _forward_deconv(self, b, t):
+        in_pos = int(np.prod(self.in_spatial))
+        x = b.data.reshape(self.num, self.channels, in_pos)
+        y = self._images(t.data, self.num_output, self.out_spatial)
+        w = self._weight_groups()
+        for s, e in self._chunks(self.num_output * self.k2[0] * self.k2[1], in_pos):
+            x_g = self._to_groups(x[s:e], self.group)
+            self._fold(np.matmul(w.transpose(0, 2, 1), x_g), y[s:e])
+        if self.bias_term:
+            y_flat = t.data.reshape(self.num, self.num_output, -1)
+            self._add_bias(y_flat)
+
+    def _backward_deconv(self, t, down, b):
+        in_pos = int(np.prod(self.in_spatial))
+        dy_flat = t.diff.reshape(self.num, self.num_output, -1)
+        self._accumulate_bias_grad(dy_flat)
+        need_w = wants_param_grad(self, 0)
+        if not (need_w or down):
+            return
+        dy = self._images(t.diff, self.num_output, self.out_spatial)
+        x = b.data.reshape(self.num, self.channels, in_pos)
+        dx = b.diff.reshape(self.num, self.channels, in_pos) if down else None
+        w = self._weight_groups()
+        w_diff = self.blobs[0].diff.reshape(w.shape)
+        for s, e in self._chunks(self.num_output * self.k2[0] * self.k2[1], in_pos):
+            col = self._unfold(dy[s:e], in_pos)
+            if need_w:
+                x_g = self._to_groups(x[s:e], self.group)
+                w_diff += np.matmul(x_g, col.transpose(0, 2, 1))
+            if down:
+                dx[s:e] = self._from_groups(np.matmul(w, col), e - s)

@@ -1,0 +1,70 @@
+"""Thin Python doors to the C++ vision kernels (im2col/col2im, pooling).
+
+Each helper checks the array module and forwards to ``pyfacelayers._C``; a CUDA
+path can be added beside the CPU one here without touching the layers. The C++
+side validates dtypes, contiguity and shapes again, so nothing reaches a kernel
+unchecked.
+"""
+
+import numpy as np
+
+from ..backend import array_module
+
+
+def _cpu_module(what, *arrays):
+    for a in arrays:
+        if array_module(a) is not np:
+            raise NotImplementedError("%s: no GPU kernel yet (array is on the device)" % what)
+    try:
+        from .. import _C
+    except ImportError as exc:  # the extension was not built
+        raise ImportError("%s needs the compiled extension pyfacelayers._C (%s)"
+                          % (what, exc)) from None
+    return _C
+
+
+def conv_out_size(size, kernel, pad, stride, dilation):
+    """Caffe's convolution output length along one axis."""
+    extent = dilation * (kernel - 1) + 1
+    return (size + 2 * pad - extent) // stride + 1
+
+
+def im2col(im, col, kernel, pad, stride, dilation):
+    """Columns (C*kh*kw, N, OH*OW) of images (N, C, H, W), written into ``col``.
+
+    kernel, pad, stride, dilation: (h, w) pairs.
+    """
+    _C = _cpu_module("im2col", im, col)
+    _C.im2col(im, col, kernel[0], kernel[1], pad[0], pad[1], stride[0], stride[1],
+              dilation[0], dilation[1])
+
+
+def col2im(col, im, kernel, pad, stride, dilation):
+    """Overwrite images (N, C, H, W) with the sum of their columns (im2col's adjoint)."""
+    _C = _cpu_module("col2im", col, im)
+    _C.col2im(col, im, kernel[0], kernel[1], pad[0], pad[1], stride[0], stride[1],
+              dilation[0], dilation[1])
+
+
+def max_pool_forward(bottom, top, mask, kernel, stride, pad):
+    """MAX pooling (N, C, H, W) -> top (N, C, PH, PW); int64 ``mask`` gets flat argmaxes."""
+    _C = _cpu_module("max_pool_forward", bottom, top, mask)
+    _C.max_pool_forward(bottom, top, mask, kernel[0], kernel[1], stride[0], stride[1],
+                        pad[0], pad[1])
+
+
+def max_pool_backward(top_diff, mask, bottom_diff):
+    _C = _cpu_module("max_pool_backward", top_diff, mask, bottom_diff)
+    _C.max_pool_backward(top_diff, mask, bottom_diff)
+
+
+def ave_pool_forward(bottom, top, kernel, stride, pad):
+    _C = _cpu_module("ave_pool_forward", bottom, top)
+    _C.ave_pool_forward(bottom, top, kernel[0], kernel[1], stride[0], stride[1],
+                        pad[0], pad[1])
+
+
+def ave_pool_backward(top_diff, bottom_diff, kernel, stride, pad):
+    _C = _cpu_module("ave_pool_backward", top_diff, bottom_diff)
+    _C.ave_pool_backward(top_diff, bottom_diff, kernel[0], kernel[1], stride[0], stride[1],
+                         pad[0], pad[1])

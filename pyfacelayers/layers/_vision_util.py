@@ -1,0 +1,76 @@
+"""Small helpers shared by the vision layers: filling parameter blobs, and asking
+whether a parameter wants its gradient."""
+
+from ..blob import Blob
+
+
+def new_param_blob(layer, shape, filler_param, what):
+    """A Blob of ``shape`` in the layer's dtype, filled by ``filler_param``."""
+    from ..fillers import fill
+
+    try:
+        values = fill(filler_param, shape, layer.dtype, layer.rng)
+    except ValueError as exc:
+        raise layer.error("%s: %s" % (what, exc)) from None
+    blob = Blob(shape, dtype=layer.dtype)
+    blob.data[...] = values
+    return blob
+
+
+def wants_param_grad(layer, index):
+    """Caffe's param_propagate_down(index); every parameter by default.
+
+    The net may set ``layer.param_propagate_down`` (a list of bools) to skip work
+    for frozen parameters (lr_mult 0).
+    """
+    flags = getattr(layer, "param_propagate_down", None)
+    if flags is None or index >= len(flags):
+        return True
+    return bool(flags[index])
+
+
+def broadcast_axes(layer, axis_param, num_axes_param, bottom, what):
+    """Scale/Bias parameter placement: (axis, shape of the parameter blob).
+
+    The parameter covers ``num_axes`` axes of ``bottom`` from ``axis`` (-1: to the end).
+    """
+    shape = bottom.shape
+    n = len(shape)
+    if not -n <= axis_param < n:
+        raise layer.error("axis %d out of range for a %d-D bottom %s" % (axis_param, n, shape))
+    axis = axis_param % n
+    if num_axes_param < -1:
+        raise layer.error("num_axes must be >= 0, or -1 to extend to the end of bottom[0]; "
+                          "got %d" % num_axes_param)
+    if num_axes_param >= 0 and n < axis + num_axes_param:
+        raise layer.error("%s blob's shape extends past bottom[0]'s shape %s when applied "
+                          "from axis %d over %d axes" % (what, shape, axis, num_axes_param))
+    end = n if num_axes_param == -1 else axis + num_axes_param
+    return axis, tuple(shape[axis:end])
+
+
+def outer_dim_inner(layer, bottom_shape, param_shape, axis_param, what):
+    """(outer, dim, inner) so that bottom reshapes to (outer, dim, inner) and the
+    parameter (of ``param_shape``) to (1, dim, 1). Checks the shapes agree."""
+    n = len(bottom_shape)
+    if len(param_shape) == 0:
+        axis = 0          # a scalar applies to everything
+    else:
+        if not -n <= axis_param < n:
+            raise layer.error("axis %d out of range for a %d-D bottom %s"
+                              % (axis_param, n, bottom_shape))
+        axis = axis_param % n
+    end = axis + len(param_shape)
+    if end > n or tuple(bottom_shape[axis:end]) != tuple(param_shape):
+        raise layer.error("%s shape %s does not match bottom[0] shape %s from axis %d"
+                          % (what, tuple(param_shape), tuple(bottom_shape), axis))
+    prod = 1
+    outer = 1
+    for d in bottom_shape[:axis]:
+        outer *= d
+    for d in param_shape:
+        prod *= d
+    inner = 1
+    for d in bottom_shape[end:]:
+        inner *= d
+    return outer, prod, inner

@@ -1,0 +1,478 @@
+"""Caffe's data-input layers: Input, DummyData, MemoryData, ImageData, Data, HDF5Data.
+
+They have no bottoms and no backward. As in Caffe, ``setup`` shapes the tops from the
+first item (or the parameters), and every ``forward`` reshapes them to the batch it
+produces. Items are read in the order Caffe reads them (Caffe prefetches batches in a
+thread, which does not change that order). Randomness (shuffles, rand_skip, mirror,
+crop) comes from the layer's seeded generator.
+"""
+
+import os
+import re
+
+import numpy as np
+
+from ..proto import caffe_pb2
+from ..transform import DataTransformer
+from .base import Layer, register
+
+
+class _DataLayer(Layer):
+    """No bottoms, no gradient; tops are set by ``forward``."""
+
+    exact_num_bottom = 0
+
+    def reshape(self, bottom, top):
+        pass  # Caffe's data layers shape their tops in setup and forward
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+    def _set_top(self, blob, values):
+        values = np.asarray(values)
+        blob.reshape(values.shape)
+        blob.data = values
+
+    def _transformer(self):
+        return DataTransformer(self.param.transform_param, phase=self.phase, dtype=self.dtype,
+                               rng=self.rng, error=self.error)
+
+
+def _blob_shape(shape):
+    return tuple(int(d) for d in shape.dim)
+
+
+@register
+class InputLayer(_DataLayer):
+    """Tops whose data the user writes (``net.blobs['data'].data[...] = x``)."""
+
+    type = "Input"
+    min_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        shapes = self.param.input_param.shape
+        if len(shapes) not in (0, 1, len(top)):
+            raise self.error("give input_param.shape once, once per top, or not at all: "
+                             "%d tops vs. %d shapes" % (len(top), len(shapes)))
+        for i, blob in enumerate(top):
+            if shapes:
+                blob.reshape(_blob_shape(shapes[0 if len(shapes) == 1 else i]))
+
+    def forward(self, bottom, top):
+        pass
+
+
+@register
+class DummyDataLayer(_DataLayer):
+    """Tops filled by fillers: constant ones once at setup, the others every forward."""
+
+    type = "DummyData"
+    min_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.param.dummy_data_param
+        n_top = len(top)
+        if len(p.data_filler) not in (0, 1, n_top):
+            raise self.error("give data_filler once, once per top, or not at all: "
+                             "%d tops vs. %d fillers" % (n_top, len(p.data_filler)))
+        legacy = {name: list(getattr(p, name)) for name in ("num", "channels", "height", "width")}
+        has_legacy = any(legacy.values())
+        if has_legacy and len(p.shape):
+            raise self.error("both shape and legacy num/channels/height/width were given; "
+                             "only one may be specified")
+        if has_legacy:
+            for name, values in legacy.items():
+                if len(values) not in (1, n_top):
+                    raise self.error("give %s once or once per top (%d tops), got %d"
+                                     % (name, n_top, len(values)))
+        elif len(p.shape) not in (1, n_top):
+            raise self.error("give shape once or once per top (%d tops), got %d"
+                             % (n_top, len(p.shape)))
+        if len(p.data_filler):
+            self._fillers = list(p.data_filler)
+        else:
+            self._fillers = [caffe_pb2.FillerParameter(type="constant", value=0)]
+        for i, blob in enumerate(top):
+            if has_legacy:
+                blob.reshape(tuple(v[0 if len(v) == 1 else i] for v in legacy.values()))
+            else:
+                blob.reshape(_blob_shape(p.shape[0 if len(p.shape) == 1 else i]))
+        # Constant tops never change: fill them now, and the others on every forward.
+        self._fill(top, constant=True)
+
+    def _filler_for(self, i):
+        return self._fillers[i if len(self._fillers) > 1 else 0]
+
+    def _fill(self, top, constant):
+        for i, blob in enumerate(top):
+            filler = self._filler_for(i)
+            if (filler.type == "constant") != constant:
+                continue
+            if filler.type == "constant":
+                values = np.full(blob.shape, np.float32(filler.value), dtype=self.dtype)
+            else:
+                from ..fillers import fill  # written separately; only needed here
+                values = fill(filler, blob.shape, self.dtype, self.rng)
+            blob.data = values
+
+    def forward(self, bottom, top):
+        self._fill(top, constant=False)
+
+
+@register
+class MemoryDataLayer(_DataLayer):
+    """Serves batches of arrays given with ``set_input_arrays`` (pycaffe), cycling."""
+
+    type = "MemoryData"
+    exact_num_top = 2
+
+    def layer_setup(self, bottom, top):
+        p = self.param.memory_data_param
+        self.batch_size = p.batch_size
+        self.channels, self.height, self.width = p.channels, p.height, p.width
+        if min(self.batch_size, self.channels, self.height, self.width) <= 0:
+            raise self.error("memory_data_param batch_size, channels, height and width must be "
+                             "positive, got %d, %d, %d, %d" % (self.batch_size, self.channels,
+                                                                self.height, self.width))
+        self._data = self._labels = None
+        self._n = self._pos = 0
+        top[0].reshape(self.batch_size, self.channels, self.height, self.width)
+        top[1].reshape(self.batch_size)
+
+    def set_input_arrays(self, data, labels):
+        """pycaffe's ``net.set_input_arrays``: data (N, C, H, W), labels (N,) or (N, 1, 1, 1).
+
+        N must be a multiple of batch_size. The arrays are kept (not copied) when they
+        already have the layer's dtype, as Caffe keeps pointers to them.
+        """
+        data = np.ascontiguousarray(data, dtype=self.dtype)
+        labels = np.ascontiguousarray(labels, dtype=self.dtype)
+        want = (self.channels, self.height, self.width)
+        if data.ndim != 4 or data.shape[1:] != want:
+            raise self.error("data array must have shape (N, %d, %d, %d), got %s"
+                             % (want + (data.shape,)))
+        if labels.ndim == 4 and labels.shape[1:] == (1, 1, 1):
+            labels = labels.reshape(-1)
+        if labels.ndim != 1:
+            raise self.error("labels array must have shape (N,) or (N, 1, 1, 1), got %s"
+                             % (labels.shape,))
+        if labels.shape[0] != data.shape[0]:
+            raise self.error("data and labels must have the same first dimension, got %d and %d"
+                             % (data.shape[0], labels.shape[0]))
+        if data.shape[0] == 0 or data.shape[0] % self.batch_size:
+            raise self.error("the first dimension of the input arrays (%d) must be a positive "
+                             "multiple of batch_size %d" % (data.shape[0], self.batch_size))
+        self._data, self._labels = data, labels
+        self._n, self._pos = data.shape[0], 0
+
+    reset = set_input_arrays
+
+    def set_batch_size(self, batch_size):
+        if batch_size <= 0:
+            raise self.error("batch_size must be positive, got %d" % batch_size)
+        if self._data is not None and self._n % batch_size:
+            raise self.error("batch_size %d does not divide the %d items given"
+                             % (batch_size, self._n))
+        self.batch_size = batch_size
+
+    def forward(self, bottom, top):
+        if self._data is None:
+            raise self.error("no data: call set_input_arrays(data, labels) first")
+        end = self._pos + self.batch_size
+        self._set_top(top[0], self._data[self._pos:end])
+        # Caffe gives the labels the shape (batch, 1, 1, 1) from the first forward on.
+        self._set_top(top[1], self._labels[self._pos:end].reshape(-1, 1, 1, 1))
+        self._pos = end % self._n
+
+
+_LIST_LINE = re.compile(r"^(.+?)[ \t]+(\S+)$")
+_ATOI = re.compile(r"[+-]?\d+")
+
+
+def _read_image_list(path, error):
+    """(image path, label, line number) for each non-blank line of an ImageData list."""
+    try:
+        with open(path) as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise error("cannot read image_data_param.source %s: %s" % (path, exc.strerror)) from None
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.rstrip()
+        if not line.strip():
+            continue
+        # Caffe splits at the last space (names may contain spaces) and reads the
+        # label with atoi: leading digits count, so "3.0" is 3.
+        match = _LIST_LINE.match(line)
+        if not match:
+            raise error("%s line %d: expected \"<image path> <integer label>\", got %r"
+                        % (path, number, line))
+        name, label = match.group(1), match.group(2)
+        digits = _ATOI.match(label)
+        if not digits:
+            raise error("%s line %d: label %r is not an integer" % (path, number, label))
+        label = int(digits.group(0))
+        entries.append((name, label, number))
+    if not entries:
+        raise error("image list %s is empty" % path)
+    return entries
+
+
+@register
+class ImageDataLayer(_DataLayer):
+    """Images listed in a text file of "path label" lines, decoded to BGR like OpenCV."""
+
+    type = "ImageData"
+    exact_num_top = 2
+
+    def layer_setup(self, bottom, top):
+        from .. import images
+        self._images = images
+        p = self.param.image_data_param
+        self.batch_size = p.batch_size
+        if self.batch_size <= 0:
+            raise self.error("image_data_param.batch_size must be positive, got %d"
+                             % self.batch_size)
+        if (p.new_height > 0) != (p.new_width > 0) or p.new_height < 0 or p.new_width < 0:
+            raise self.error("new_height and new_width must be set together (both > 0), got "
+                             "%d and %d" % (p.new_height, p.new_width))
+        self.transformer = self._transformer()
+        self.lines = _read_image_list(p.source, self.error)
+        if p.shuffle:
+            self._shuffle()
+        self.line_id = 0
+        if p.rand_skip:
+            skip = int(self.rng.integers(p.rand_skip))
+            if skip >= len(self.lines):
+                raise self.error("rand_skip drew %d but the list has only %d images"
+                                 % (skip, len(self.lines)))
+            self.line_id = skip
+        shape = self.transformer.output_shape(self._read(self.line_id).transpose(2, 0, 1).shape)
+        top[0].reshape((self.batch_size,) + shape)
+        top[1].reshape(self.batch_size)
+
+    def _shuffle(self):
+        order = self.rng.permutation(len(self.lines))
+        self.lines = [self.lines[i] for i in order]
+
+    def _read(self, index):
+        p = self.param.image_data_param
+        name, _, number = self.lines[index]
+        # Caffe joins root_folder and the name by plain concatenation.
+        path = p.root_folder + name
+        where = "%s (line %d of %s)" % (path, number, p.source)
+        try:
+            img = self._images.read_image(path, color=p.is_color, where=where)
+        except (OSError, ValueError) as exc:
+            raise self.error(str(exc)) from None
+        if p.new_height > 0:
+            img = self._images.resize_linear(img, p.new_height, p.new_width)
+        return img
+
+    def forward(self, bottom, top):
+        items, labels = [], []
+        for _ in range(self.batch_size):
+            img = self._read(self.line_id)
+            item = self.transformer.transform_image(img)
+            if items and item.shape != items[0].shape:
+                name, _, number = self.lines[self.line_id]
+                raise self.error("image %s (line %d) gives an item of shape %s, but this batch "
+                                 "started with %s (set new_height/new_width or crop_size)"
+                                 % (name, number, item.shape, items[0].shape))
+            items.append(item)
+            labels.append(self.lines[self.line_id][1])
+            self.line_id += 1
+            if self.line_id >= len(self.lines):
+                self.line_id = 0  # wrap around, reshuffling as Caffe does
+                if self.param.image_data_param.shuffle:
+                    self._shuffle()
+        self._set_top(top[0], np.stack(items))
+        self._set_top(top[1], np.array(labels, dtype=self.dtype))
+
+
+@register
+class DataLayer(_DataLayer):
+    """Serialized Datums from an LMDB database (Caffe's ``Data`` layer, LMDB backend)."""
+
+    type = "Data"
+    min_num_top = 1
+    max_num_top = 2
+
+    def layer_setup(self, bottom, top):
+        p = self.param.data_param
+        if p.backend != caffe_pb2.DataParameter.LMDB:
+            raise self.error("data_param.backend %s is not supported; only LMDB is (convert the "
+                             "database, or set backend: LMDB)"
+                             % caffe_pb2.DataParameter.DB.Name(p.backend))
+        self.batch_size = p.batch_size
+        if self.batch_size <= 0:
+            raise self.error("data_param.batch_size must be positive, got %d" % self.batch_size)
+        self.transformer = self._transformer()
+        self._open(p.source)
+        if p.rand_skip:
+            for _ in range(int(self.rng.integers(p.rand_skip))):
+                self._next()
+        shape = self.transformer.output_shape(self._item().shape)
+        top[0].reshape((self.batch_size,) + shape)
+        if len(top) > 1:
+            top[1].reshape(self.batch_size)
+
+    def _open(self, source):
+        try:
+            import lmdb
+        except ImportError:
+            raise self.error("reading an LMDB database needs the lmdb package "
+                             "(pip install lmdb)") from None
+        if not os.path.exists(source):
+            raise self.error("data_param.source %s does not exist" % source)
+        try:
+            self._env = lmdb.open(source, readonly=True, lock=False, readahead=False,
+                                  subdir=os.path.isdir(source), max_readers=1)
+        except lmdb.Error as exc:
+            raise self.error("cannot open LMDB %s: %s" % (source, exc)) from None
+        self._txn = self._env.begin(buffers=False)
+        self._cursor = self._txn.cursor()
+        if not self._cursor.first():
+            raise self.error("LMDB %s is empty" % source)
+
+    def _next(self):
+        if not self._cursor.next():
+            self._cursor.first()  # wrap around to the start
+
+    def _datum(self):
+        key, value = self._cursor.item()
+        datum = caffe_pb2.Datum()
+        where = "datum %r of %s" % (key, self.param.data_param.source)
+        try:
+            datum.ParseFromString(value)
+        except Exception as exc:
+            raise self.error("%s is not a serialized Datum (%s)" % (where, exc)) from None
+        return datum, where
+
+    def _item(self):
+        datum, where = self._datum()
+        return self.transformer.datum_item(datum, where)
+
+    def forward(self, bottom, top):
+        items, labels = [], []
+        for _ in range(self.batch_size):
+            datum, where = self._datum()
+            item = self.transformer.transform(self.transformer.datum_item(datum, where))
+            if items and item.shape != items[0].shape:
+                raise self.error("%s gives an item of shape %s, but this batch started with %s"
+                                 % (where, item.shape, items[0].shape))
+            items.append(item)
+            labels.append(datum.label)
+            self._next()
+        self._set_top(top[0], np.stack(items))
+        if len(top) > 1:
+            self._set_top(top[1], np.array(labels, dtype=self.dtype))
+
+    def __del__(self):
+        env = getattr(self, "_env", None)
+        if env is not None:
+            env.close()
+
+
+@register
+class HDF5DataLayer(_DataLayer):
+    """Rows of HDF5 datasets (one per top, named like the top) from listed .h5 files."""
+
+    type = "HDF5Data"
+    min_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        if self.param.HasField("transform_param"):
+            raise self.error("HDF5Data does not transform data; remove transform_param")
+        try:
+            import h5py
+        except ImportError:
+            raise self.error("reading HDF5 files needs the h5py package (pip install h5py)") from None
+        self._h5py = h5py
+        p = self.param.hdf5_data_param
+        self.batch_size = p.batch_size
+        if self.batch_size <= 0:
+            raise self.error("hdf5_data_param.batch_size must be positive, got %d"
+                             % self.batch_size)
+        if len(self.param.top) != len(top):
+            raise self.error("needs the names of its %d tops (the dataset names) in the "
+                             "layer's top fields" % len(top))
+        try:
+            with open(p.source) as handle:
+                self.files = handle.read().split()
+        except OSError as exc:
+            raise self.error("cannot read hdf5_data_param.source %s: %s"
+                             % (p.source, exc.strerror)) from None
+        if not self.files:
+            raise self.error("no HDF5 file is listed in %s" % p.source)
+        self.file_order = np.arange(len(self.files))
+        if p.shuffle:
+            self.rng.shuffle(self.file_order)
+        self.current_file = 0
+        self._load(self.files[self.file_order[0]])
+        self.current_row = 0
+        for blob, array in zip(top, self.arrays):
+            blob.reshape((self.batch_size,) + array.shape[1:])
+
+    def _load(self, path):
+        arrays = []
+        try:
+            handle = self._h5py.File(path, "r")
+        except OSError as exc:
+            raise self.error("cannot open HDF5 file %s (listed in %s): %s"
+                             % (path, self.param.hdf5_data_param.source, exc)) from None
+        with handle:
+            for name in self.param.top:
+                if name not in handle:
+                    raise self.error("HDF5 file %s has no dataset \"%s\" (datasets are named "
+                                     "by the tops)" % (path, name))
+                array = np.asarray(handle[name][()])
+                if array.ndim < 1 or array.dtype.kind not in "fiub":
+                    raise self.error("dataset \"%s\" of %s must be a numeric array of at least "
+                                     "1 axis, got %s %s" % (name, path, array.dtype, array.shape))
+                arrays.append(array.astype(self.dtype))
+        rows = arrays[0].shape[0]
+        for name, array in zip(self.param.top, arrays):
+            if array.shape[0] != rows:
+                raise self.error("datasets of %s differ in their number of rows: %s has %d, "
+                                 "%s has %d" % (path, self.param.top[0], rows, name,
+                                                array.shape[0]))
+        if rows == 0:
+            raise self.error("HDF5 file %s has no rows" % path)
+        # The tops keep the row shapes of the first file (Caffe sizes them once).
+        shapes = [a.shape[1:] for a in arrays]
+        first = getattr(self, "row_shapes", shapes)
+        for name, shape, want in zip(self.param.top, shapes, first):
+            if shape != want:
+                raise self.error("dataset \"%s\" of %s has rows of shape %s, but the first "
+                                 "file's rows are %s" % (name, path, shape, want))
+        self.row_shapes = first
+        self.arrays = arrays
+        self.row_order = np.arange(rows)
+        if self.param.hdf5_data_param.shuffle:
+            self.rng.shuffle(self.row_order)
+
+    def _next(self):
+        shuffle = self.param.hdf5_data_param.shuffle
+        self.current_row += 1
+        if self.current_row == self.arrays[0].shape[0]:
+            if len(self.files) > 1:
+                self.current_file += 1
+                if self.current_file == len(self.files):
+                    self.current_file = 0
+                    if shuffle:
+                        self.rng.shuffle(self.file_order)
+                self._load(self.files[self.file_order[self.current_file]])
+            self.current_row = 0
+            if shuffle:
+                self.rng.shuffle(self.row_order)
+
+    def forward(self, bottom, top):
+        batches = [[] for _ in top]
+        for _ in range(self.batch_size):
+            row = self.row_order[self.current_row]
+            for rows, array in zip(batches, self.arrays):
+                rows.append(array[row])
+            self._next()
+        for blob, rows in zip(top, batches):
+            self._set_top(blob, np.stack(rows))

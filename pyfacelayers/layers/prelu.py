@@ -1,0 +1,78 @@
+"""PReLU (Caffe's PReLULayer): y = max(0, x) + a_c * min(0, x), a learned per channel."""
+
+from ..backend import array_module
+from ..proto import caffe_pb2
+from ._vision_util import new_param_blob, wants_param_grad
+from .base import Layer, register
+
+
+@register
+class PReLULayer(Layer):
+    """Channels are axis 1; ``channel_shared`` learns one slope for all of them.
+
+    Works in place (top is bottom): the input is kept for backward, which needs the
+    sign of x and x itself.
+    """
+
+    type = "PReLU"
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        pp = self.param.prelu_param
+        if len(bottom[0].shape) < 2:
+            raise self.error("bottom must have at least 2 axes, got shape %s"
+                             % (bottom[0].shape,))
+        self.channel_shared = pp.channel_shared
+        self.channels = bottom[0].shape[1]
+        if pp.HasField("filler"):
+            filler = pp.filler
+        else:
+            filler = caffe_pb2.FillerParameter(type="constant", value=0.25)
+        shape = () if self.channel_shared else (self.channels,)
+        self.blobs = [new_param_blob(self, shape, filler, "filler")]
+        self.bottom_copy = None
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        if len(shape) < 2:
+            raise self.error("bottom must have at least 2 axes, got shape %s" % (shape,))
+        if shape[1] != self.channels:
+            raise self.error("bottom has %d channels, the slopes expect %d"
+                             % (shape[1], self.channels))
+        top[0].reshape(shape)
+
+    def _slopes(self, shape):
+        """Slopes broadcastable against an (N, C, rest) view."""
+        a = self.blobs[0].data
+        return a.reshape(1, -1, 1) if not self.channel_shared else a.reshape(1, 1, 1)
+
+    def _view(self, array, shape):
+        return array.reshape(shape[0], shape[1], -1)
+
+    def forward(self, bottom, top):
+        xp = array_module(bottom[0].data)
+        shape = bottom[0].shape
+        x = self._view(bottom[0].data, shape)
+        if top[0] is bottom[0]:
+            self.bottom_copy = x.copy()
+            x = self.bottom_copy
+        a = self._slopes(shape)
+        self._view(top[0].data, shape)[...] = xp.maximum(x, 0) + a * xp.minimum(x, 0)
+
+    def backward(self, top, propagate_down, bottom):
+        xp = array_module(top[0].diff)
+        shape = bottom[0].shape
+        x = self.bottom_copy if top[0] is bottom[0] else self._view(bottom[0].data, shape)
+        dy = self._view(top[0].diff, shape)
+        negative = x <= 0
+        if wants_param_grad(self, 0):
+            contrib = dy * x * negative
+            if self.channel_shared:
+                self.blobs[0].diff[...] += contrib.sum()
+            else:
+                self.blobs[0].diff[...] += contrib.sum(axis=(0, 2))
+        if propagate_down[0]:
+            a = self._slopes(shape)
+            dx = dy * xp.where(negative, a, xp.ones_like(a))
+            self._view(bottom[0].diff, shape)[...] = dx

@@ -1,0 +1,77 @@
+"""Caffe's solvers with pycaffe's API.
+
+    solver = pyfacelayers.solvers.get_solver("solver.prototxt")   # type from the file
+    solver = pyfacelayers.solvers.SGDSolver("solver.prototxt")    # or a fixed type
+    solver.net, solver.test_nets, solver.iter
+    solver.step(10); solver.solve(resume_file=None); solver.snapshot(); solver.restore(p)
+    solver.base_lr = 0.01                       # used from the next update on
+    solver.add_callback(on_start, on_gradients) # pycaffe's hooks (no arguments)
+    solver.add_iteration_callback(fn)           # fn(solver, loss) after each update
+
+Log lines (Caffe's wording) go to the logger named "pyfacelayers".
+"""
+
+from .lr_policy import POLICIES, SolverError, learning_rate
+from .solver import Solver
+from .updates import (AdaDeltaRule, AdaGradRule, AdamRule, NesterovRule, RMSPropRule,
+                      SGDRule)
+from ._io import read_solver
+
+
+class SGDSolver(Solver):
+    """Stochastic gradient descent with momentum."""
+    rule_class = SGDRule
+
+
+class NesterovSolver(Solver):
+    """Nesterov's accelerated gradient."""
+    rule_class = NesterovRule
+
+
+class AdaGradSolver(Solver):
+    rule_class = AdaGradRule
+
+
+class RMSPropSolver(Solver):
+    rule_class = RMSPropRule
+
+
+class AdaDeltaSolver(Solver):
+    rule_class = AdaDeltaRule
+
+
+class AdamSolver(Solver):
+    rule_class = AdamRule
+
+
+SOLVERS = {cls.rule_class.type_name: cls for cls in
+           (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver, AdaDeltaSolver,
+            AdamSolver)}
+
+
+def solver_class(type_name, where="solver"):
+    try:
+        return SOLVERS[type_name]
+    except KeyError:
+        hint = [n for n in SOLVERS if n.lower() == str(type_name).lower()]
+        raise SolverError('%s: unknown solver type "%s" (expected one of: %s)%s'
+                          % (where, type_name, ", ".join(SOLVERS),
+                             '; did you mean "%s"?' % hint[0] if hint else "")) from None
+
+
+def get_solver(solver, **kwargs):
+    """A solver of the type its parameters name (pycaffe's get_solver).
+
+    ``solver``: a solver .prototxt path, prototxt text or SolverParameter.
+    """
+    from ..proto import caffe_pb2
+    param = solver if isinstance(solver, caffe_pb2.SolverParameter) else read_solver(solver)
+    where = "solver %s" % (solver if isinstance(solver, str) and "\n" not in solver
+                           else "(SolverParameter)")
+    return solver_class(param.type, where)(solver, **kwargs)
+
+
+
+__all__ = ["SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
+           "AdaDeltaSolver", "AdamSolver", "Solver", "SolverError", "get_solver",
+           "solver_class", "POLICIES", "learning_rate"]
