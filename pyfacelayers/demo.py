@@ -57,32 +57,51 @@ def require_extras():
 # -- data --------------------------------------------------------------------------
 def load_digits_split(seed=0, test_fraction=0.2):
     """scikit-learn's 1,797 8x8 digits, split (stratified, fixed seed) into train and
-    test arrays of shape (N, 1, 8, 8), float32 in [0, 1] minus the train mean, and
+    test images of shape (N, 1, 8, 8), float32 in [0, 1] (ink 1, background 0), and
     labels as float32 (Caffe's label convention)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    images = digits.images.astype(np.float32) / 16.0
+    images = (digits.images / 16.0).astype(np.float32)[:, None]
     x_train, x_test, y_train, y_test = train_test_split(
         images, digits.target, test_size=test_fraction, random_state=seed,
         stratify=digits.target)
-    mean = x_train.mean(axis=0)
-    prep = lambda x: np.ascontiguousarray((x - mean)[:, None], dtype=np.float32)  # noqa: E731
-    return (prep(x_train), y_train.astype(np.float32),
-            prep(x_test), y_test.astype(np.float32))
+    return (np.ascontiguousarray(x_train), y_train.astype(np.float32),
+            np.ascontiguousarray(x_test), y_test.astype(np.float32))
 
 
-def training_stream(x, y, batch, iters, rng, max_epochs=64):
+def shift_images(x, rng, max_shift=1):
+    """Each image moved by a random whole number of pixels in [-max_shift, max_shift]
+    along each axis, the uncovered border left blank: cheap augmentation for a small
+    training set."""
+    out = np.zeros_like(x)
+    h, w = x.shape[-2:]
+    shifts = rng.integers(-max_shift, max_shift + 1, size=(len(x), 2))
+    for dy in range(-max_shift, max_shift + 1):
+        for dx in range(-max_shift, max_shift + 1):
+            rows = np.flatnonzero((shifts[:, 0] == dy) & (shifts[:, 1] == dx))
+            if not len(rows):
+                continue
+            src = x[rows][..., max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+            out[rows, ..., max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)] = src
+    return out
+
+
+def training_stream(x, y, batch, iters, rng, max_epochs=64, max_shift=1):
     """The training items in the order the net will read them: shuffled epochs one
-    after another, as many as ``iters`` batches need (at most ``max_epochs``; the
-    MemoryData layer cycles after that), cut to a multiple of ``batch``."""
+    after another (each image randomly shifted by up to ``max_shift`` pixels), as many
+    as ``iters`` batches need (at most ``max_epochs``; the MemoryData layer cycles
+    after that), cut to a multiple of ``batch``."""
     needed = batch * iters
     epochs = max(1, min(max_epochs, math.ceil(needed / len(x))))
     order = np.concatenate([rng.permutation(len(x)) for _ in range(epochs)])
     keep = min(needed, len(order) // batch * batch)
     order = order[:keep]
-    return np.ascontiguousarray(x[order]), np.ascontiguousarray(y[order])
+    images = x[order]
+    if max_shift:
+        images = shift_images(images, rng, max_shift)
+    return np.ascontiguousarray(images), np.ascontiguousarray(y[order])
 
 
 # -- net and solver files ----------------------------------------------------------
@@ -136,16 +155,6 @@ def write_run_files(method, dim, test_batch, iters, directory):
     return solver_path
 
 
-def set_input_arrays(net, data, labels):
-    """pycaffe's ``net.set_input_arrays`` (on the net's MemoryData layer)."""
-    if hasattr(net, "set_input_arrays"):
-        return net.set_input_arrays(data, labels)
-    for layer in net.layers:
-        if layer.type == "MemoryData":
-            return layer.set_input_arrays(data, labels)
-    raise ValueError("the net has no MemoryData layer")
-
-
 # -- progress ----------------------------------------------------------------------
 class Progress:
     """A one-line progress bar on stderr: iteration, loss, lambda, it/s. On a terminal
@@ -192,7 +201,7 @@ class RunResult:
         self.seconds = 0.0
 
 
-def train_one(method, data, dim, iters, run_dir, seed=1, quiet=False):
+def train_one(method, data, dim, iters, run_dir, seed=1, quiet=False, max_shift=1):
     """Train ``method`` through the project's solver; returns a RunResult with the loss
     (and lambda) of every iteration, the test accuracy and the test-set features."""
     from . import get_solver
@@ -203,26 +212,30 @@ def train_one(method, data, dim, iters, run_dir, seed=1, quiet=False):
     net = solver.net
     batch = net.blobs["data"].shape[0]
     stream_x, stream_y = training_stream(x_train, y_train, batch, iters,
-                                         np.random.default_rng(seed))
-    set_input_arrays(net, stream_x, stream_y)
+                                         np.random.default_rng(seed), max_shift=max_shift)
+    net.set_input_arrays(stream_x, stream_y)
 
     result = RunResult(method, dim)
     progress = None if quiet else Progress(method.title, iters)
-    has_lambda = "lambda" in net.blobs
-    start = time.perf_counter()
-    for it in range(1, iters + 1):
-        solver.step(1)
-        loss = float(to_numpy(net.blobs["loss"].data).reshape(-1)[0])
-        lam = float(to_numpy(net.blobs["lambda"].data).reshape(-1)[0]) if has_lambda else None
-        result.losses.append(loss)
-        if has_lambda:
+    lambda_blob = net.blobs.get("lambda")
+
+    def after_iteration(solver, loss):
+        # The solver calls this after every update with that iteration's loss.
+        lam = None
+        if lambda_blob is not None:
+            lam = float(to_numpy(lambda_blob.data).reshape(-1)[0])
             result.lambdas.append(lam)
+        result.losses.append(float(loss))
         if progress:
-            progress.update(it, loss, lam, final=it == iters)
+            progress.update(solver.iter, float(loss), lam, final=solver.iter == iters)
+
+    solver.add_iteration_callback(after_iteration)
+    start = time.perf_counter()
+    solver.step(iters)
     result.seconds = time.perf_counter() - start
 
     test_net = solver.test_nets[0]
-    set_input_arrays(test_net, x_test, y_test)
+    test_net.set_input_arrays(x_test, y_test)
     test_net.forward()
     result.accuracy = float(to_numpy(test_net.blobs["accuracy"].data).reshape(-1)[0])
     result.features = to_numpy(test_net.blobs["feature"].data).copy()
@@ -354,12 +367,14 @@ def plot_training(results, path):
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("training loss (SoftmaxWithLoss)")
     ax_loss.set_yscale("log")
-    ax_loss.set_title("training loss (faint: per iteration; bold: moving mean)")
+    ax_loss.set_title("training loss (faint: per iteration; bold: moving mean;\n"
+                      "A-Softmax's includes its margin)", fontsize=10)
     ax_loss.legend()
     ax_lam.set_xlabel("iteration")
     ax_lam.set_ylabel("lambda")
     ax_lam.set_yscale("log")
-    ax_lam.set_title("A-Softmax lambda: max(base (1 + gamma iter)^-power, lambda_min)")
+    ax_lam.set_title("A-Softmax lambda = max(base (1+gamma iter)^-power, lambda_min)",
+                     fontsize=10)
     if any(r.lambdas for r in results):
         ax_lam.legend()
     fig.tight_layout()
@@ -377,9 +392,32 @@ def format_table(results):
     return "\n".join(lines)
 
 
+def blas_threads(count):
+    """A context limiting numpy's BLAS to ``count`` threads (threadpoolctl, which comes
+    with scikit-learn), or doing nothing when ``count`` is None or it is missing.
+
+    The demo's matrix products are small: a second BLAS thread gains little on an idle
+    machine and, when the cores are busy, spinning BLAS threads make training several
+    times slower."""
+    import contextlib
+    if count is None:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=count, user_api="blas")
+
+
 def run_demo(out_dir="pyfacelayers-demo", dim=2, iters=None, gpu=False, seed=0,
-             methods=METHODS, quiet=False, stdout=None):
-    """Run the three trainings and write the figures; returns the list of RunResults."""
+             methods=METHODS, quiet=False, stdout=None, threads=1):
+    """Run the three trainings and write the figures; returns the list of RunResults.
+    ``threads``: BLAS threads on the CPU (None: the library's default)."""
+    with blas_threads(None if gpu else threads):
+        return _run_demo(out_dir, dim, iters, gpu, seed, methods, quiet, stdout)
+
+
+def _run_demo(out_dir, dim, iters, gpu, seed, methods, quiet, stdout):
     stdout = stdout or sys.stdout
     require_extras()
     if dim not in (2, 3):

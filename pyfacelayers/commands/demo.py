@@ -17,6 +17,10 @@ def register(subparsers):
     p.add_argument("--gpu", action="store_true", help="train on the GPU (needs cupy)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the train/test split (default 0)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="BLAS threads on the CPU (default 1: the products are small, and "
+                        "extra threads slow training down when the cores are busy; 0: the "
+                        "BLAS library's default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -26,7 +30,7 @@ def run(args):
 
     try:
         run_demo(out_dir=args.out, dim=args.dim, iters=args.iters, gpu=args.gpu,
-                 seed=args.seed, quiet=args.quiet)
+                 seed=args.seed, quiet=args.quiet, threads=args.threads or None)
     except RuntimeError as exc:  # missing extras or no GPU: a message, not a traceback
         raise ValueError(str(exc)) from None
     return 0
