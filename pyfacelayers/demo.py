@@ -133,7 +133,11 @@ def solver_param(net_path, iters=None):
     param.net = net_path
     if iters is not None:
         scale = iters / param.max_iter
-        steps = [max(1, int(round(s * scale))) for s in param.stepvalue]
+        steps = []
+        for value in param.stepvalue:  # kept strictly increasing, as multistep needs
+            step = max(1, int(round(value * scale)))
+            if not steps or step > steps[-1]:
+                steps.append(step)
         del param.stepvalue[:]
         param.stepvalue.extend(steps)
         param.max_iter = iters
@@ -266,7 +270,7 @@ def plot_features_2d(results, path):
     for col, res in enumerate(results):
         f, y = res.features, res.labels
         top, bottom = axes[0, col], axes[1, col]
-        reach = np.percentile(np.linalg.norm(f, axis=1), 99) * 1.1
+        reach = max(float(np.percentile(np.linalg.norm(f, axis=1), 99)) * 1.1, 1e-6)
         for c in range(10):
             pts = f[y == c]
             top.scatter(pts[:, 0], pts[:, 1], s=7, color=cmap(c), alpha=0.75, label=str(c),
@@ -383,12 +387,32 @@ def plot_training(results, path):
 
 
 # -- the whole demo ----------------------------------------------------------------
+def angles(features, labels, weights):
+    """Per test item, in degrees: the angle between its feature and its class's weight
+    row, and the smallest angle to another class's weight row (what A-Softmax's
+    margin pushes apart)."""
+    cos = np.clip(_unit(features) @ _unit(weights).T, -1.0, 1.0)
+    theta = np.degrees(np.arccos(cos))
+    rows = np.arange(len(labels))
+    own = theta[rows, labels]
+    theta[rows, labels] = np.inf
+    return own, theta.min(axis=1)
+
+
 def format_table(results):
-    lines = ["%-20s %14s %14s %10s" % ("loss", "test accuracy", "final loss", "time (s)")]
+    fmt = "%-17s %9s %10s %11s %13s %8s"
+    lines = [fmt % ("method", "test acc.", "train loss", "angle: own", "nearest other",
+                    "time (s)")]
     for res in results:
         tail = res.losses[-max(1, len(res.losses) // 20):]
-        lines.append("%-20s %13.2f%% %14.4f %10.1f" % (
-            res.method.title, 100 * res.accuracy, float(np.mean(tail)), res.seconds))
+        own, other = angles(res.features, res.labels, res.weights)
+        lines.append("%-17s %8.2f%% %10.4f %11.1f %13.1f %8.1f" % (
+            res.method.title, 100 * res.accuracy, float(np.mean(tail)), float(np.mean(own)),
+            float(np.mean(other)), res.seconds))
+    lines.append("angle: mean over the test set, in degrees, between a feature and its "
+                 "class's weight row (own)\nand the closest other class's weight row; "
+                 "train loss: mean of the last 5% of iterations\n(A-Softmax's includes "
+                 "its margin)")
     return "\n".join(lines)
 
 

@@ -77,8 +77,9 @@ def test_solver_iters_override_scales_the_steps():
     assert half.max_iter == base.max_iter // 2
     assert [abs(2 * h - s) <= 2 for h, s in zip(half.stepvalue, base.stepvalue)] == \
         [True] * len(base.stepvalue)
-    tiny = demo.solver_param("/x/net.prototxt", iters=1)
-    assert all(s >= 1 for s in tiny.stepvalue)
+    for iters in (1, 2, 3, 7):
+        steps = list(demo.solver_param("/x/net.prototxt", iters=iters).stepvalue)
+        assert steps and steps[0] >= 1 and steps == sorted(set(steps)), (iters, steps)
 
 
 def test_training_stream_is_shuffled_epochs_in_whole_batches():
@@ -153,3 +154,16 @@ def test_demo_rejects_bad_arguments(tmp_path, capsys):
     assert "--iters must be positive" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["demo", "--dim", "4"])
+
+
+def test_demo_gpu_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+    _need_extras()
+    try:
+        from pyfacelayers import backend
+        backend.import_cupy()
+    except RuntimeError:
+        pass
+    else:
+        pytest.skip("a GPU is usable here")
+    assert cli.main(["demo", "--gpu", "--iters", "1", "--out", str(tmp_path)]) == 1
+    assert "GPU" in capsys.readouterr().err
