@@ -167,3 +167,11 @@ def test_demo_gpu_without_a_gpu_is_a_clear_error(tmp_path, capsys):
         pytest.skip("a GPU is usable here")
     assert cli.main(["demo", "--gpu", "--iters", "1", "--out", str(tmp_path)]) == 1
     assert "GPU" in capsys.readouterr().err
+
+
+def test_demo_without_the_extras_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # makes `import sklearn` fail
+    assert cli.main(["demo", "--iters", "1", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "sklearn" in err and "pyfacelayers[demo]" in err
