@@ -126,11 +126,13 @@ def net_param(method, dim, test_batch):
     return param
 
 
-def solver_param(net_path, iters=None):
+def solver_param(net_path, iters=None, seed=0):
     """The shipped solver pointing at ``net_path``; with ``iters``, max_iter is set to
-    it and the learning-rate step values are scaled to match."""
+    it and the learning-rate step values are scaled to match; ``seed`` is added to its
+    random_seed (the weight initialisation)."""
     param = read_text(os.path.join(DATA_DIR, "solver.prototxt"), caffe_pb2.SolverParameter())
     param.net = net_path
+    param.random_seed += seed
     if iters is not None:
         scale = iters / param.max_iter
         steps = []
@@ -144,7 +146,7 @@ def solver_param(net_path, iters=None):
     return param
 
 
-def write_run_files(method, dim, test_batch, iters, directory):
+def write_run_files(method, dim, test_batch, iters, directory, seed=0):
     """Write the net and solver of one run into ``directory``; returns the solver path."""
     os.makedirs(directory, exist_ok=True)
     net_path = os.path.join(directory, "%s_%dd_net.prototxt" % (method.key, dim))
@@ -155,7 +157,8 @@ def write_run_files(method, dim, test_batch, iters, directory):
         f.write(text_format.MessageToString(net_param(method, dim, test_batch)))
     with open(solver_path, "w") as f:
         f.write(header % "solver.prototxt")
-        f.write(text_format.MessageToString(solver_param(os.path.abspath(net_path), iters)))
+        f.write(text_format.MessageToString(
+            solver_param(os.path.abspath(net_path), iters, seed)))
     return solver_path
 
 
@@ -205,13 +208,15 @@ class RunResult:
         self.seconds = 0.0
 
 
-def train_one(method, data, dim, iters, run_dir, seed=1, quiet=False, max_shift=1):
+def train_one(method, data, dim, iters, run_dir, seed=0, quiet=False, max_shift=1):
     """Train ``method`` through the project's solver; returns a RunResult with the loss
-    (and lambda) of every iteration, the test accuracy and the test-set features."""
+    (and lambda) of every iteration, the test accuracy and the test-set features.
+    ``seed`` picks the initial weights and the order (and shifts) of the training
+    items; the three methods get the same ones."""
     from . import get_solver
 
     x_train, y_train, x_test, y_test = data
-    solver_path = write_run_files(method, dim, len(x_test), iters, run_dir)
+    solver_path = write_run_files(method, dim, len(x_test), iters, run_dir, seed)
     solver = get_solver(solver_path)
     net = solver.net
     batch = net.blobs["data"].shape[0]
@@ -462,8 +467,8 @@ def _run_demo(out_dir, dim, iters, gpu, seed, methods, quiet, stdout):
           "per run; %s" % (len(data[0]), len(data[2]), dim, iters, "GPU" if gpu else "CPU"),
           file=stdout)
     start = time.perf_counter()
-    results = [train_one(m, data, dim, iters, os.path.join(out_dir, "nets"), quiet=quiet)
-               for m in methods]
+    results = [train_one(m, data, dim, iters, os.path.join(out_dir, "nets"), seed=seed,
+                         quiet=quiet) for m in methods]
     total = time.perf_counter() - start
 
     feature_png = os.path.join(out_dir, "features_%dd.png" % dim)

@@ -175,3 +175,23 @@ def test_demo_without_the_extras_says_what_to_install(tmp_path, capsys, monkeypa
     assert cli.main(["demo", "--iters", "1", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "sklearn" in err and "pyfacelayers[demo]" in err
+
+
+def test_training_is_reproducible_and_learns(tmp_path):
+    _need_extras()
+    _have_layers(*_net_types())
+    data = demo.load_digits_split(0)
+    asoftmax = demo.METHODS[2]
+    runs = [demo.train_one(asoftmax, data, 2, 100, str(tmp_path / str(i)), quiet=True)
+            for i in range(2)]
+    assert runs[0].losses == runs[1].losses and runs[0].accuracy == runs[1].accuracy
+    losses = runs[0].losses
+    assert len(losses) == 100 and len(runs[0].lambdas) == 100
+    # lambda follows the shipped schedule, from the first iteration on.
+    assert runs[0].lambdas[0] == pytest.approx(1000 / 1.5, rel=1e-5)
+    assert runs[0].lambdas[39] == pytest.approx(1000 / 21, rel=1e-5)
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])  # about 2.3 -> 1.3
+    assert runs[0].features.shape == (len(data[2]), 2)
+    assert runs[0].weights.shape == (10, 2)
+    other = demo.train_one(asoftmax, data, 2, 5, str(tmp_path / "s"), seed=1, quiet=True)
+    assert other.losses != losses[:5]

@@ -16,7 +16,8 @@ def register(subparsers):
                         "(default ./pyfacelayers-demo)")
     p.add_argument("--gpu", action="store_true", help="train on the GPU (needs cupy)")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the train/test split (default 0)")
+                   help="seed of the train/test split, the initial weights and the "
+                        "order of the training items (default 0)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="BLAS threads on the CPU (default 1: the products are small, and "
                         "extra threads slow training down when the cores are busy; 0: the "
