@@ -13,6 +13,7 @@ scikit-learn and matplotlib are needed (``pip install 'pyfacelayers[demo]'``).
 
 import math
 import os
+from collections import namedtuple
 import sys
 import time
 
@@ -25,17 +26,13 @@ from .proto import caffe_pb2
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "demo")
 
 
-class Method:
-    """One of the three runs: a key, a display name and its net file."""
-
-    def __init__(self, key, title, net_file, margin):
-        self.key, self.title, self.net_file, self.margin = key, title, net_file, margin
-
+# One of the three runs: a key (file names), a title (table, figures), its net file.
+Method = namedtuple("Method", "key title net_file")
 
 METHODS = (
-    Method("softmax", "softmax", "net_softmax.prototxt", False),
-    Method("modified", "modified softmax", "net_modified.prototxt", False),
-    Method("asoftmax", "A-Softmax (m=4)", "net_asoftmax.prototxt", True),
+    Method("softmax", "softmax", "net_softmax.prototxt"),
+    Method("modified", "modified softmax", "net_modified.prototxt"),
+    Method("asoftmax", "A-Softmax (m=4)", "net_asoftmax.prototxt"),
 )
 
 
@@ -441,26 +438,34 @@ def blas_threads(count):
 def run_demo(out_dir="pyfacelayers-demo", dim=2, iters=None, gpu=False, seed=0,
              methods=METHODS, quiet=False, stdout=None, threads=1):
     """Run the three trainings and write the figures; returns the list of RunResults.
+
+    ``gpu``: train on the GPU when one is usable (else say why and use the CPU).
     ``threads``: BLAS threads on the CPU (None: the library's default)."""
-    with blas_threads(None if gpu else threads):
-        return _run_demo(out_dir, dim, iters, gpu, seed, methods, quiet, stdout)
-
-
-def _run_demo(out_dir, dim, iters, gpu, seed, methods, quiet, stdout):
     stdout = stdout or sys.stdout
     require_extras()
     if dim not in (2, 3):
         raise ValueError("--dim must be 2 or 3, got %d" % dim)
     if iters is not None and iters < 1:
         raise ValueError("--iters must be positive, got %d" % iters)
-    from . import set_mode_cpu, set_mode_gpu
-
-    if gpu:
-        set_mode_gpu()  # raises with the reason when there is no usable GPU
-    else:
-        set_mode_cpu()
     if iters is None:
         iters = solver_param("").max_iter
+    from . import set_mode_cpu, set_mode_gpu
+
+    set_mode_cpu()
+    if gpu:
+        try:
+            set_mode_gpu()
+        except RuntimeError as exc:  # no cupy or no device: say why, train on the CPU
+            print("--gpu: %s; running on the CPU" % exc, file=sys.stderr)
+            gpu = False
+    try:
+        with blas_threads(None if gpu else threads):
+            return _run_demo(out_dir, dim, iters, gpu, seed, methods, quiet, stdout)
+    finally:
+        set_mode_cpu()
+
+
+def _run_demo(out_dir, dim, iters, gpu, seed, methods, quiet, stdout):
     os.makedirs(out_dir, exist_ok=True)
     data = load_digits_split(seed)
     print("digits: %d train, %d test images (8x8); feature dimension %d; %d iterations "

@@ -14,7 +14,9 @@ def register(subparsers):
     p.add_argument("--out", default="pyfacelayers-demo", metavar="DIR",
                    help="folder for the figures, the table and the nets used "
                         "(default ./pyfacelayers-demo)")
-    p.add_argument("--gpu", action="store_true", help="train on the GPU (needs cupy)")
+    p.add_argument("--gpu", action="store_true",
+                   help="train on the GPU when one is usable (needs cupy); otherwise the "
+                        "demo says why and trains on the CPU")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the train/test split, the initial weights and the "
                         "order of the training items (default 0)")
@@ -32,6 +34,6 @@ def run(args):
     try:
         run_demo(out_dir=args.out, dim=args.dim, iters=args.iters, gpu=args.gpu,
                  seed=args.seed, quiet=args.quiet, threads=args.threads or None)
-    except RuntimeError as exc:  # missing extras or no GPU: a message, not a traceback
+    except RuntimeError as exc:  # missing extras: a message, not a traceback
         raise ValueError(str(exc)) from None
     return 0
