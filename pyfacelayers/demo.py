@@ -481,10 +481,14 @@ def _run_demo(out_dir, dim, iters, gpu, seed, methods, quiet, stdout):
     (plot_features_2d if dim == 2 else plot_features_3d)(results, feature_png)
     plot_training(results, training_png)
     table = format_table(results)
-    with open(os.path.join(out_dir, "results_%dd.txt" % dim), "w") as f:
+    table_txt = os.path.join(out_dir, "results_%dd.txt" % dim)
+    with open(table_txt, "w") as f:
         f.write(table + "\n")
     print("\n" + table, file=stdout)
     print("\ntraining took %.1f s in all" % total, file=stdout)
-    print("figures saved: %s, %s" % (feature_png, training_png), file=stdout)
-    print("nets and solvers used: %s" % os.path.join(out_dir, "nets"), file=stdout)
+    print("figures saved: %s, %s" % (os.path.abspath(feature_png),
+                                     os.path.abspath(training_png)), file=stdout)
+    print("table saved: %s" % os.path.abspath(table_txt), file=stdout)
+    print("nets and solvers used: %s" % os.path.abspath(os.path.join(out_dir, "nets")),
+          file=stdout)
     return results
