@@ -26,7 +26,8 @@ def _shared_net(solver_path, name):
     them flattened (examples/mnist/x -> caffe-examples/examples_mnist_x) or beside
     the solver."""
     folder = os.path.dirname(solver_path)
-    for candidate in (os.path.join(folder, name), os.path.join(folder, name.replace("/", "_"))):
+    for candidate in (os.path.join(folder, name), os.path.join(folder, name.replace("/", "_")),
+                      os.path.join(folder, os.path.basename(name))):
         if os.path.exists(candidate):
             return candidate
     return None
