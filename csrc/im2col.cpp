@@ -2,6 +2,7 @@
 #include "im2col.h"
 
 #include <pybind11/numpy.h>
+#include <pybind11/stl.h>
 
 #include <algorithm>
 #include <string>
@@ -12,6 +13,25 @@
 
 namespace pfl {
 
+namespace {
+
+// The output columns ow in [lo, hi) whose input column ow*stride + offset lies in
+// [0, width): lets the inner loops run without a bounds test per element.
+struct ValidRange {
+  long lo, hi;
+};
+
+ValidRange valid_columns(long offset, long stride, long width, long out_w) {
+  long lo = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+  long hi = offset > width - 1 ? 0 : (width - 1 - offset) / stride + 1;
+  if (lo > out_w) lo = out_w;
+  if (hi > out_w) hi = out_w;
+  if (hi < lo) hi = lo;
+  return ValidRange{lo, hi};
+}
+
+}  // namespace
+
 template <typename T>
 void im2col_cpu(const T* im, const ConvGeometry& g, T* col) {
   const long plane = g.height * g.width;
@@ -21,6 +41,8 @@ void im2col_cpu(const T* im, const ConvGeometry& g, T* col) {
     for (long ki = 0; ki < g.kernel_h; ++ki) {
       for (long kj = 0; kj < g.kernel_w; ++kj) {
         const long row = (c * g.kernel_h + ki) * g.kernel_w + kj;
+        const long w_offset = kj * g.dilation_w - g.pad_w;
+        const ValidRange r = valid_columns(w_offset, g.stride_w, g.width, g.out_w);
         for (long n = 0; n < g.num; ++n) {
           const T* src = im + (n * g.channels + c) * plane;
           T* dst = col + row * row_len + n * out_plane;
@@ -32,10 +54,14 @@ void im2col_cpu(const T* im, const ConvGeometry& g, T* col) {
               continue;
             }
             const T* in_row = src + h * g.width;
-            for (long ow = 0; ow < g.out_w; ++ow) {
-              const long w = ow * g.stride_w - g.pad_w + kj * g.dilation_w;
-              out_row[ow] = (w >= 0 && w < g.width) ? in_row[w] : T(0);
+            std::fill(out_row, out_row + r.lo, T(0));
+            if (g.stride_w == 1) {
+              std::copy(in_row + r.lo + w_offset, in_row + r.hi + w_offset, out_row + r.lo);
+            } else {
+              for (long ow = r.lo; ow < r.hi; ++ow)
+                out_row[ow] = in_row[ow * g.stride_w + w_offset];
             }
+            std::fill(out_row + r.hi, out_row + g.out_w, T(0));
           }
         }
       }
@@ -53,6 +79,8 @@ void col2im_cpu(const T* col, const ConvGeometry& g, T* im) {
     for (long ki = 0; ki < g.kernel_h; ++ki) {
       for (long kj = 0; kj < g.kernel_w; ++kj) {
         const long row = (c * g.kernel_h + ki) * g.kernel_w + kj;
+        const long w_offset = kj * g.dilation_w - g.pad_w;
+        const ValidRange r = valid_columns(w_offset, g.stride_w, g.width, g.out_w);
         for (long n = 0; n < g.num; ++n) {
           T* dst = im + (n * g.channels + c) * plane;
           const T* src = col + row * row_len + n * out_plane;
@@ -61,10 +89,8 @@ void col2im_cpu(const T* col, const ConvGeometry& g, T* im) {
             if (h < 0 || h >= g.height) continue;
             const T* col_row = src + oh * g.out_w;
             T* im_row = dst + h * g.width;
-            for (long ow = 0; ow < g.out_w; ++ow) {
-              const long w = ow * g.stride_w - g.pad_w + kj * g.dilation_w;
-              if (w >= 0 && w < g.width) im_row[w] += col_row[ow];
-            }
+            for (long ow = r.lo; ow < r.hi; ++ow)
+              im_row[ow * g.stride_w + w_offset] += col_row[ow];
           }
         }
       }
@@ -76,6 +102,78 @@ template void im2col_cpu<float>(const float*, const ConvGeometry&, float*);
 template void im2col_cpu<double>(const double*, const ConvGeometry&, double*);
 template void col2im_cpu<float>(const float*, const ConvGeometry&, float*);
 template void col2im_cpu<double>(const double*, const ConvGeometry&, double*);
+
+
+namespace {
+
+long product(const long* v, int n) {
+  long p = 1;
+  for (int i = 0; i < n; ++i) p *= v[i];
+  return p;
+}
+
+// Walks every (row, image, output position) of the column buffer and calls
+// visit(col_index, image_index) for the entries inside the image, or
+// visit(col_index, -1) for those in the padding.
+template <typename Visit>
+void walk_nd(const ConvGeometryND& g, Visit visit) {
+  const int d = g.axes;
+  const long kernel_count = product(g.kernel, d);
+  const long out_count = product(g.out, d);
+  const long in_count = product(g.in, d);
+  long k[kMaxSpatialAxes], o[kMaxSpatialAxes];
+  for (long c = 0; c < g.channels; ++c) {
+    for (long kidx = 0; kidx < kernel_count; ++kidx) {
+      for (long rest = kidx, a = d - 1; a >= 0; --a) {
+        k[a] = rest % g.kernel[a];
+        rest /= g.kernel[a];
+      }
+      const long row = c * kernel_count + kidx;
+      for (long n = 0; n < g.num; ++n) {
+        const long im_base = (n * g.channels + c) * in_count;
+        const long col_base = (row * g.num + n) * out_count;
+        for (int a = 0; a < d; ++a) o[a] = 0;
+        for (long oidx = 0; oidx < out_count; ++oidx) {
+          long offset = 0;
+          bool inside = true;
+          for (int a = 0; a < d; ++a) {
+            const long i = o[a] * g.stride[a] - g.pad[a] + k[a] * g.dilation[a];
+            if (i < 0 || i >= g.in[a]) {
+              inside = false;
+              break;
+            }
+            offset = offset * g.in[a] + i;
+          }
+          visit(col_base + oidx, inside ? im_base + offset : -1);
+          for (int a = d - 1; a >= 0; --a) {  // next output position, row-major
+            if (++o[a] < g.out[a]) break;
+            o[a] = 0;
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void im2col_nd_cpu(const T* im, const ConvGeometryND& g, T* col) {
+  walk_nd(g, [&](long ci, long ii) { col[ci] = ii >= 0 ? im[ii] : T(0); });
+}
+
+template <typename T>
+void col2im_nd_cpu(const T* col, const ConvGeometryND& g, T* im) {
+  std::fill(im, im + g.num * g.channels * product(g.in, g.axes), T(0));
+  walk_nd(g, [&](long ci, long ii) {
+    if (ii >= 0) im[ii] += col[ci];
+  });
+}
+
+template void im2col_nd_cpu<float>(const float*, const ConvGeometryND&, float*);
+template void im2col_nd_cpu<double>(const double*, const ConvGeometryND&, double*);
+template void col2im_nd_cpu<float>(const float*, const ConvGeometryND&, float*);
+template void col2im_nd_cpu<double>(const double*, const ConvGeometryND&, double*);
 
 namespace {
 
@@ -137,6 +235,71 @@ void col2im_array(const py::array& col_obj, const py::array& im_obj, const long*
   col2im_cpu<T>(col.data(), g, out);
 }
 
+
+ConvGeometryND make_geometry_nd(const py::array& im, const py::array& col,
+                                const std::vector<long>& kernel, const std::vector<long>& pad,
+                                const std::vector<long>& stride,
+                                const std::vector<long>& dilation, const std::string& name) {
+  const long axes = static_cast<long>(im.ndim()) - 2;
+  if (axes < 1 || axes > kMaxSpatialAxes)
+    throw py::value_error(name + ": image must be (num, channels, *spatial) with 1 to " +
+                          std::to_string(kMaxSpatialAxes) + " spatial axes, got " +
+                          shape_str(im));
+  for (const auto* v : {&kernel, &pad, &stride, &dilation})
+    if (static_cast<long>(v->size()) != axes)
+      throw py::value_error(name + ": kernel, pad, stride and dilation need one value per "
+                            "spatial axis (" + std::to_string(axes) + ")");
+  ConvGeometryND g{};
+  g.num = im.shape(0);
+  g.channels = im.shape(1);
+  g.axes = static_cast<int>(axes);
+  long rows = g.channels, positions = 1;
+  for (long a = 0; a < axes; ++a) {
+    if (kernel[a] < 1 || stride[a] < 1 || dilation[a] < 1 || pad[a] < 0)
+      throw py::value_error(name + ": kernel, stride and dilation must be >= 1 and pad >= 0");
+    g.in[a] = im.shape(a + 2);
+    g.kernel[a] = kernel[a];
+    g.pad[a] = pad[a];
+    g.stride[a] = stride[a];
+    g.dilation[a] = dilation[a];
+    g.out[a] = conv_out_size(g.in[a], kernel[a], pad[a], stride[a], dilation[a]);
+    if (g.out[a] < 1)
+      throw py::value_error(name + ": the (dilated) kernel is larger than the padded image");
+    rows *= kernel[a];
+    positions *= g.out[a];
+  }
+  if (col.ndim() != 3 || col.shape(0) != rows || col.shape(1) != g.num ||
+      col.shape(2) != positions)
+    throw py::value_error(name + ": column buffer must have shape (" + std::to_string(rows) +
+                          ", " + std::to_string(g.num) + ", " + std::to_string(positions) +
+                          "), got " + shape_str(col));
+  return g;
+}
+
+template <typename T>
+void im2col_nd_array(const py::array& im_obj, const py::array& col_obj,
+                     const std::vector<long>& k, const std::vector<long>& p,
+                     const std::vector<long>& s, const std::vector<long>& d) {
+  auto im = require_array<T>(im_obj, "im2col_nd: image");
+  auto col = require_array<T>(col_obj, "im2col_nd: columns");
+  const ConvGeometryND g = make_geometry_nd(im, col, k, p, s, d, "im2col_nd");
+  T* out = col.mutable_data();
+  py::gil_scoped_release release;
+  im2col_nd_cpu<T>(im.data(), g, out);
+}
+
+template <typename T>
+void col2im_nd_array(const py::array& col_obj, const py::array& im_obj,
+                     const std::vector<long>& k, const std::vector<long>& p,
+                     const std::vector<long>& s, const std::vector<long>& d) {
+  auto col = require_array<T>(col_obj, "col2im_nd: columns");
+  auto im = require_array<T>(im_obj, "col2im_nd: image");
+  const ConvGeometryND g = make_geometry_nd(im, col, k, p, s, d, "col2im_nd");
+  T* out = im.mutable_data();
+  py::gil_scoped_release release;
+  col2im_nd_cpu<T>(col.data(), g, out);
+}
+
 bool is_double(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
 
 void bind(py::module_& m) {
@@ -166,6 +329,28 @@ void bind(py::module_& m) {
       py::arg("pad_h"), py::arg("pad_w"), py::arg("stride_h"), py::arg("stride_w"),
       py::arg("dilation_h"), py::arg("dilation_w"),
       "Overwrite images (N, C, H, W) with the sum of their columns (inverse of im2col).");
+  m.def(
+      "im2col_nd",
+      [](const py::array& im, const py::array& col, const std::vector<long>& kernel,
+         const std::vector<long>& pad, const std::vector<long>& stride,
+         const std::vector<long>& dilation) {
+        if (is_double(im)) im2col_nd_array<double>(im, col, kernel, pad, stride, dilation);
+        else im2col_nd_array<float>(im, col, kernel, pad, stride, dilation);
+      },
+      py::arg("im"), py::arg("col"), py::arg("kernel"), py::arg("pad"), py::arg("stride"),
+      py::arg("dilation"),
+      "im2col for images (N, C, *spatial): columns (C*prod(kernel), N, prod(out)).");
+  m.def(
+      "col2im_nd",
+      [](const py::array& col, const py::array& im, const std::vector<long>& kernel,
+         const std::vector<long>& pad, const std::vector<long>& stride,
+         const std::vector<long>& dilation) {
+        if (is_double(col)) col2im_nd_array<double>(col, im, kernel, pad, stride, dilation);
+        else col2im_nd_array<float>(col, im, kernel, pad, stride, dilation);
+      },
+      py::arg("col"), py::arg("im"), py::arg("kernel"), py::arg("pad"), py::arg("stride"),
+      py::arg("dilation"),
+      "Overwrite images (N, C, *spatial) with the sum of their columns (im2col_nd's adjoint).");
 }
 
 }  // namespace

@@ -27,4 +27,21 @@ void im2col_cpu(const T* im, const ConvGeometry& g, T* col);
 template <typename T>
 void col2im_cpu(const T* col, const ConvGeometry& g, T* im);
 
+// The same for any number of spatial axes (Caffe's im2col_nd): images
+// (num, channels, *spatial), columns (channels*prod(kernel), num, prod(out)).
+constexpr int kMaxSpatialAxes = 8;
+
+struct ConvGeometryND {
+  long num, channels;
+  int axes;
+  long in[kMaxSpatialAxes], kernel[kMaxSpatialAxes], pad[kMaxSpatialAxes];
+  long stride[kMaxSpatialAxes], dilation[kMaxSpatialAxes], out[kMaxSpatialAxes];
+};
+
+template <typename T>
+void im2col_nd_cpu(const T* im, const ConvGeometryND& g, T* col);
+
+template <typename T>
+void col2im_nd_cpu(const T* col, const ConvGeometryND& g, T* im);
+
 }  // namespace pfl

@@ -21,6 +21,8 @@ def build_parser():
     parser.add_argument("--version", action="version", version="pyfacelayers " + __version__)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if module.name.startswith("_"):
+            continue
         importlib.import_module("%s.%s" % (commands.__name__, module.name)).register(subparsers)
     return parser
 

@@ -49,8 +49,8 @@ def _batch_size(layer):
 def swap_data_layers(net_param, shapes=None):
     """A copy of ``net_param`` whose data layers are Input layers.
 
-    ``shapes`` maps a top name to its shape, or a top name to a shape per data-layer
-    name (``{"data": (64, 1, 28, 28)}``); it overrides what the layers say.
+    ``shapes`` maps a top name to its shape (``{"data": (64, 1, 28, 28)}``); it
+    overrides what the layers say.
     """
     shapes = dict(shapes or {})
     out = caffe_pb2.NetParameter()

@@ -138,9 +138,11 @@ class Net:
             # Parameters: learned unless lr_mult is 0 (Caffe's param_need_backward).
             param_need = []
             for k in range(len(layer.blobs)):
-                lr = lp.param[k].lr_mult if k < len(lp.param) else 1.0
+                lr = lp.param[k].lr_mult if k < len(lp.param) else layer.default_lr_mult
                 param_need.append(lr != 0)
                 need_backward |= lr != 0
+            # Caffe's fixtures show every parameter diff computed, lr_mult 0 included,
+            # so layers are not told to skip any (lr_mult acts in the solver).
             self._param_need_backward.append(param_need)
             # Loss weights (Caffe's SetLossWeights): explicit, else 1 on a loss layer's top 0.
             weights = []

@@ -105,6 +105,7 @@ def test_float64_net():
 KNOWN_DATA_SHAPES = {
     "mnist": {"data": (4, 1, 28, 28), "label": (4,)},
     "cifar10": {"data": (4, 3, 32, 32), "label": (4,)},
+    "sphereface": {"data": (2, 3, 112, 96), "label": (2,)},
 }
 
 
@@ -125,8 +126,10 @@ def test_every_shared_net_builds_with_input_layers(path):
         if layer.type == "ImageData":
             layer.image_data_param.batch_size = 2
     swapped = swap_data_layers(param, shapes)
+    stages = {"autoencoder": ["test-on-test"]}
     for phase in _phases(param):
-        net = caffe.Net(swapped, phase, seed=0)
+        extra = next((s for key, s in stages.items() if key in path), [])
+        net = caffe.Net(swapped, phase, seed=0, stages=extra if phase == caffe.TEST else [])
         assert len(net.layers) >= len(param.layer) // 2
 
 

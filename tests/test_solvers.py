@@ -848,3 +848,23 @@ def test_train_with_weights_finetunes(tmp_path):
                      "--dtype", "float64"]) == 0
     for p, q in zip(FakeNet.instances[0].learnable_params, source.net.learnable_params):
         np.testing.assert_array_equal(p.data, q.data)
+
+
+def test_select_device(caplog, monkeypatch):
+    from pyfacelayers import backend
+    from pyfacelayers.commands import _common
+
+    def no_gpu():
+        raise RuntimeError("GPU mode: no CUDA device found")
+    monkeypatch.setattr(backend, "import_cupy", no_gpu)
+    assert _common.select_device(None) == "CPU"
+    gpu_solver = param_of("solver_mode: GPU device_id: 0")
+    with caplog.at_level(logging.WARNING, logger="pyfacelayers"):
+        assert _common.select_device(None, gpu_solver) == "CPU"
+    assert "solver_mode is GPU but no GPU can be used" in caplog.text
+    assert backend.mode() == "cpu"
+    with pytest.raises(ValueError, match="one device id"):
+        _common.select_device("0,1")
+    with pytest.raises(ValueError, match="--gpu 0: GPU mode: no CUDA device"):
+        _common.select_device("0")
+    backend.set_mode_cpu()

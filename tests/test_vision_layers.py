@@ -2,8 +2,6 @@
 Scale, Bias): each against a naive float64 reference written here, and by central
 finite differences in float64 for bottom and parameter gradients."""
 
-import math
-
 import numpy as np
 import pytest
 from google.protobuf import text_format
@@ -348,8 +346,10 @@ def test_convolution_propagate_down_false_keeps_bottom_diff():
     ("num_output: 2 kernel_size: 1 kernel_size: 2 kernel_size: 3", (1, 2, 4, 4),
      "once per spatial axis"),
     ("num_output: 2 kernel_size: 5", (1, 2, 4, 4), "larger than the padded input"),
-    ("num_output: 2 kernel_size: 1", (2, 4), "1 or 2 spatial axes"),
-    ("num_output: 2 kernel_size: 1", (1, 2, 3, 3, 3), "1 or 2 spatial axes"),
+    ("num_output: 2 kernel_size: 1", (2, 4), "1 to 8 spatial axes"),
+    ("num_output: 2 kernel_h: 1 kernel_w: 1", (1, 2, 3, 3, 3), "only be used for 2-D"),
+    ("num_output: 2 kernel_size: 1 stride_h: 2 stride_w: 2", (1, 2, 3, 3, 3),
+     "only be used for 2-D"),
     ("num_output: 2 kernel_size: 1 axis: 4", (1, 2, 3, 3), "axis 4 out of range"),
 ])
 def test_convolution_bad_parameters(text, shape, match):
@@ -908,3 +908,145 @@ def test_sphereface_blocks_match_caffe(dtype, tol):
     assert_close(d_data, ref["data_diff"], tol * 10, "diff data")
     for key, value in list(diffs1.items()) + list(diffs2.items()):
         assert_close(value, ref["diff__" + key], tol * 10, "param diff " + key)
+
+
+# -- the im2col kernels directly ---------------------------------------------------------------
+def ref_im2col(x, k, p, s, d):
+    n, c, h, w = x.shape
+    oh = (h + 2 * p[0] - (d[0] * (k[0] - 1) + 1)) // s[0] + 1
+    ow = (w + 2 * p[1] - (d[1] * (k[1] - 1) + 1)) // s[1] + 1
+    xp = np.zeros((n, c, h + 2 * p[0], w + 2 * p[1]))
+    xp[:, :, p[0]:p[0] + h, p[1]:p[1] + w] = x
+    col = np.zeros((c, k[0], k[1], n, oh, ow))
+    for a in range(k[0]):
+        for b in range(k[1]):
+            rows = xp[:, :, a * d[0]:a * d[0] + s[0] * (oh - 1) + 1:s[0],
+                      b * d[1]:b * d[1] + s[1] * (ow - 1) + 1:s[1]]
+            col[:, a, b] = rows.transpose(1, 0, 2, 3)
+    return col.reshape(c * k[0] * k[1], n, oh * ow)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_im2col_col2im_random_geometries(dtype):
+    from pyfacelayers.layers._vision_kernels import col2im, im2col
+    rng = np.random.default_rng(70)
+    for _ in range(60):
+        k = tuple(rng.integers(1, 4, 2))
+        d = tuple(rng.integers(1, 3, 2))
+        s = tuple(rng.integers(1, 4, 2))
+        p = tuple(rng.integers(0, 4, 2))
+        shape = (int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(1, 8)),
+                 int(rng.integers(1, 8)))
+        ext = [d[i] * (k[i] - 1) + 1 for i in range(2)]
+        if any(shape[2 + i] + 2 * p[i] < ext[i] for i in range(2)):
+            continue
+        x = rng.standard_normal(shape).astype(dtype)
+        expected = ref_im2col(x.astype(np.float64), k, p, s, d)
+        col = np.full(expected.shape, np.nan, dtype)
+        im2col(x, col, k, p, s, d)
+        np.testing.assert_array_equal(col, expected.astype(dtype))
+        # col2im is the adjoint of im2col: <im2col(x), c> = <x, col2im(c)>.
+        c = rng.standard_normal(expected.shape).astype(dtype)
+        back = np.full(shape, np.nan, dtype)
+        col2im(c, back, k, p, s, d)
+        lhs = float(np.sum(expected * c.astype(np.float64)))
+        rhs = float(np.sum(x.astype(np.float64) * back.astype(np.float64)))
+        assert abs(lhs - rhs) <= 1e-4 * (1 + abs(lhs)), (k, d, s, p, shape)
+
+
+# -- N-D convolution (three spatial axes) ------------------------------------------------------
+def ref_conv_nd(x, w, b, stride, pad, dilation, group):
+    """Convolution over any number of spatial axes, one output position at a time."""
+    n_sp = x.ndim - 2
+    m, cg = w.shape[:2]
+    k = w.shape[2:]
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(q, q) for q in pad])
+    out_size = [(x.shape[2 + i] + 2 * pad[i] - (dilation[i] * (k[i] - 1) + 1)) // stride[i] + 1
+                for i in range(n_sp)]
+    out = np.zeros((x.shape[0], m) + tuple(out_size))
+    mg = m // group
+    for pos in np.ndindex(*out_size):
+        window = tuple(slice(pos[i] * stride[i],
+                             pos[i] * stride[i] + dilation[i] * (k[i] - 1) + 1, dilation[i])
+                       for i in range(n_sp))
+        patch = xp[(slice(None), slice(None)) + window]
+        for o in range(m):
+            g = o // mg
+            value = np.sum(patch[:, g * cg:(g + 1) * cg] * w[o], axis=tuple(range(1, n_sp + 2)))
+            out[(slice(None), o) + pos] = value + (b[o] if b is not None else 0.0)
+    return out
+
+
+ND_CASES = [
+    ("num_output: 2 kernel_size: 2", (2, 2, 3, 4, 3), (1, 1, 1), (0, 0, 0), (1, 1, 1), 1),
+    ("num_output: 4 kernel_size: 3 kernel_size: 2 kernel_size: 2 pad: 1 stride: 2 "
+     "stride: 1 stride: 2 dilation: 1 dilation: 2 dilation: 1 group: 2",
+     (1, 4, 5, 5, 4), (2, 1, 2), (1, 1, 1), (1, 2, 1), 2),
+]
+
+
+@pytest.mark.parametrize("text,shape,stride,pad,dilation,group", ND_CASES)
+def test_convolution_3d(text, shape, stride, pad, dilation, group):
+    rng = np.random.default_rng(80)
+    x = rng.standard_normal(shape)
+    layer, bottom, top = build("Convolution", "convolution_param { %s }" % text, [x])
+    randomize_params(layer, rng)
+    layer.forward(bottom, top)
+    expected = ref_conv_nd(x, layer.blobs[0].data, layer.blobs[1].data, stride, pad, dilation,
+                           group)
+    assert top[0].shape == expected.shape
+    assert_close(top[0].data, expected, 1e-12, "3-D convolution")
+    gradient_check(layer, bottom, top)
+
+
+@pytest.mark.parametrize("text,shape,stride,pad,dilation,group", ND_CASES)
+def test_deconvolution_3d_is_the_adjoint(text, shape, stride, pad, dilation, group):
+    # Deconvolution with the same weights is the transpose of Convolution:
+    # <conv(x), y> = <x, deconv(y)> (no bias).
+    rng = np.random.default_rng(81)
+    x = rng.standard_normal(shape)
+    text_nb = text + " bias_term: false"
+    conv, cb, ct = build("Convolution", "convolution_param { %s }" % text_nb, [x])
+    randomize_params(conv, rng)
+    conv.forward(cb, ct)
+    # A Deconvolution from num_output channels back to the input channels.
+    channels = shape[1]
+    y = rng.standard_normal(ct[0].shape)
+    deconv_text = text_nb.replace("num_output: %d" % ct[0].shape[1], "num_output: %d" % channels)
+    deconv, db, dt = build("Deconvolution", "convolution_param { %s }" % deconv_text, [y])
+    assert deconv.blobs[0].shape == conv.blobs[0].shape
+    deconv.blobs[0].data[...] = conv.blobs[0].data
+    deconv.forward(db, dt)
+    assert dt[0].shape == x.shape
+    lhs, rhs = np.sum(ct[0].data * y), np.sum(x * dt[0].data)
+    assert abs(lhs - rhs) <= 1e-12 * (abs(lhs) + 1)
+    gradient_check(deconv, db, dt)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_im2col_nd_agrees_with_2d_and_reference(dtype):
+    from pyfacelayers import _C
+    rng = np.random.default_rng(82)
+    for _ in range(30):
+        k = tuple(int(v) for v in rng.integers(1, 4, 2))
+        d = tuple(int(v) for v in rng.integers(1, 3, 2))
+        s = tuple(int(v) for v in rng.integers(1, 4, 2))
+        p = tuple(int(v) for v in rng.integers(0, 3, 2))
+        shape = (2, 2, int(rng.integers(3, 8)), int(rng.integers(3, 8)))
+        if any(shape[2 + i] + 2 * p[i] < d[i] * (k[i] - 1) + 1 for i in range(2)):
+            continue
+        x = rng.standard_normal(shape).astype(dtype)
+        expected = ref_im2col(x.astype(np.float64), k, p, s, d).astype(dtype)
+        col = np.full(expected.shape, np.nan, dtype)
+        _C.im2col_nd(x, col, list(k), list(p), list(s), list(d))
+        np.testing.assert_array_equal(col, expected)
+        back2, backn = np.empty(shape, dtype), np.empty(shape, dtype)
+        _C.col2im(col, back2, k[0], k[1], p[0], p[1], s[0], s[1], d[0], d[1])
+        _C.col2im_nd(col, backn, list(k), list(p), list(s), list(d))
+        np.testing.assert_array_equal(back2, backn)
+    with pytest.raises(ValueError, match="one value per spatial axis"):
+        _C.im2col_nd(np.zeros((1, 1, 3, 3, 3)), np.zeros((8, 1, 8)), [2, 2], [0, 0], [1, 1],
+                     [1, 1])
+    with pytest.raises(ValueError, match="column buffer must have shape"):
+        _C.im2col_nd(np.zeros((1, 1, 3, 3, 3)), np.zeros((8, 1, 9)), [2, 2, 2], [0, 0, 0],
+                     [1, 1, 1], [1, 1, 1])

@@ -11,9 +11,6 @@ from .. import backend
 log = logging.getLogger("pyfacelayers")
 
 
-def register(subparsers):
-    """No subcommand here (the command line imports every module of this package)."""
-
 
 class GlogFormatter(logging.Formatter):
     """``I1127 00:10:05.123456 4242 solver.py:218] message``: glog's layout, so tools
@@ -79,8 +76,12 @@ def select_device(gpu, solver_param=None):
     if len(ids) != 1 or not ids[0].isdigit():
         raise ValueError("--gpu takes one device id (multi-GPU training is not supported), "
                          "got %r" % gpu)
-    backend.set_device(int(ids[0]))
-    backend.set_mode_gpu()
+    try:
+        backend.set_device(int(ids[0]))
+        backend.set_mode_gpu()
+    except RuntimeError as exc:  # no cupy or no device: a clear message, not a traceback
+        backend.set_mode_cpu()
+        raise ValueError("--gpu %s: %s" % (gpu, exc)) from None
     return "GPU %s" % ids[0]
 
 

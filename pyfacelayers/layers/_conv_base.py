@@ -1,22 +1,40 @@
 """What Convolution and Deconvolution share (Caffe's BaseConvolutionLayer).
 
 Parameters are read as Caffe reads them (kernel_size / pad / stride / dilation given
-once, once per spatial axis, or as the _h/_w fields). One and two spatial axes are
-supported (one is run as two with a height of 1).
+once, once per spatial axis, or as the _h/_w fields). Any number of spatial axes from
+1 to 8: two take the fast 2-D im2col (one is run as two with a height of 1), three or
+more the N-D one.
 
-The products go through numpy's BLAS: a chunk of images is unrolled by the C++
+The products go through the array module's BLAS (numpy; cupy later, once im2col/col2im
+have CUDA twins in _vision_kernels): a chunk of images is unrolled by the C++
 im2col into a (C*kh*kw, n, OH*OW) column buffer, so that one matmul per group covers
 the whole chunk. Chunks keep that buffer under COL_BUFFER_ELEMENTS.
 """
 
 import numpy as np
 
+from ..backend import array_module
 from ._vision_kernels import col2im, conv_out_size, im2col
 from ._vision_util import new_param_blob, wants_param_grad
 from .base import Layer
 
+# The C++ N-D kernels take at most this many spatial axes.
+MAX_SPATIAL_AXES = 8
 # Largest column buffer (in elements) built at once; bounds memory for big batches.
 COL_BUFFER_ELEMENTS = 1 << 23
+
+
+def _matmul_nt(a, b):
+    """a @ b^T per group, for the weight gradient (a long inner dimension).
+
+    With numpy's OpenBLAS the NT product runs several times faster when the operand
+    with more rows comes first (measured on SphereFace layer shapes), so the larger
+    one leads: (b @ a^T)^T when b has more rows.
+    """
+    xp = array_module(a)
+    if b.shape[1] >= a.shape[1]:
+        return xp.matmul(b, a.transpose(0, 2, 1)).transpose(0, 2, 1)
+    return xp.matmul(a, b.transpose(0, 2, 1))
 
 
 class ConvolutionBase(Layer):
@@ -40,9 +58,9 @@ class ConvolutionBase(Layer):
                              % (cp.axis, len(shape), shape))
         self.channel_axis = cp.axis % len(shape)
         self.num_spatial_axes = len(shape) - self.channel_axis - 1
-        if self.num_spatial_axes not in (1, 2):
-            raise self.error("supports 1 or 2 spatial axes after the channel axis %d; "
-                             "bottom %s has %d" % (self.channel_axis, shape,
+        if not 1 <= self.num_spatial_axes <= MAX_SPATIAL_AXES:
+            raise self.error("supports 1 to %d spatial axes after the channel axis %d; "
+                             "bottom %s has %d" % (MAX_SPATIAL_AXES, self.channel_axis, shape,
                                                    self.num_spatial_axes))
         self.kernel = self._per_axis("kernel_size", list(cp.kernel_size), cp, "kernel_h",
                                      "kernel_w", None)
@@ -123,8 +141,9 @@ class ConvolutionBase(Layer):
         top_shape = tuple(first[:self.channel_axis]) + (self.num_output,) + tuple(out_spatial)
         for t in top:
             t.reshape(top_shape)
-        # The 2-D view the kernels work on ((1, L) for one spatial axis).
-        lead = 2 - self.num_spatial_axes
+        # The view the kernels work on: (1, L) for one spatial axis, so that it takes
+        # the fast 2-D kernel; as given for two or more.
+        lead = max(0, 2 - self.num_spatial_axes)
         self.k2 = (1,) * lead + tuple(self.kernel)
         self.p2 = (0,) * lead + tuple(self.pad)
         self.s2 = (1,) * lead + tuple(self.stride)
@@ -137,14 +156,13 @@ class ConvolutionBase(Layer):
         return conv_out_size(size, kernel, pad, stride, dilation)
 
     def _images(self, array, channels, spatial):
-        """``array`` as (num, channels, H, W)."""
-        hw = [1] * (2 - len(spatial)) + list(spatial)
-        return array.reshape(self.num, channels, hw[0], hw[1])
+        """``array`` as (num, channels, *spatial); (num, channels, 1, L) for one axis."""
+        dims = [1] * (2 - len(spatial)) + list(spatial)
+        return array.reshape((self.num, channels) + tuple(dims))
 
     # -- the products shared by both directions ----------------------------------------
-    # "image side" is the larger spatial grid that im2col reads (conv: bottom;
-    # deconv: top), "column side" the grid of kernel positions (conv: top; deconv:
-    # bottom). col_channels counts the image-side channels.
+    # im2col always reads the larger grid (conv: bottom; deconv: top); its columns
+    # index the positions of the smaller one.
     def _chunks(self, col_rows, col_positions):
         per_image = max(1, col_rows * col_positions)
         step = max(1, COL_BUFFER_ELEMENTS // per_image)
@@ -158,24 +176,26 @@ class ConvolutionBase(Layer):
         return w.reshape(g, w.shape[0] // g, -1)
 
     def _unfold(self, images, positions):
-        """im2col of (n, C, H, W) images into a (group, C/group*kh*kw, n*positions) array."""
+        """im2col of (n, C, *spatial) images into a (group, C/group*prod(k), n*positions) array."""
         n, c = images.shape[0], images.shape[1]
-        rows = c * self.k2[0] * self.k2[1]
-        col = np.empty((rows, n, positions), dtype=images.dtype)
+        rows = c * int(np.prod(self.k2))
+        col = array_module(images).empty((rows, n, positions), dtype=images.dtype)
         im2col(images, col, self.k2, self.p2, self.s2, self.d2)
         return col.reshape(self.group, rows // self.group, n * positions)
 
     def _fold(self, col, images):
-        """col2im of (group, rows, n*positions) columns into (n, C, H, W) images (overwritten)."""
+        """col2im of (group, rows, n*positions) columns into (n, C, *spatial) images
+        (overwritten)."""
         n = images.shape[0]
-        col = np.ascontiguousarray(col).reshape(-1, n, col.shape[-1] // n)
+        col = array_module(col).ascontiguousarray(col).reshape(-1, n, col.shape[-1] // n)
         col2im(col, images, self.k2, self.p2, self.s2, self.d2)
 
     @staticmethod
     def _to_groups(maps, group):
         """(n, C, P) -> (group, C/group, n*P), a contiguous copy."""
         n, c, p = maps.shape
-        return np.ascontiguousarray(maps.transpose(1, 0, 2)).reshape(group, c // group, n * p)
+        xp = array_module(maps)
+        return xp.ascontiguousarray(maps.transpose(1, 0, 2)).reshape(group, c // group, n * p)
 
     @staticmethod
     def _from_groups(grouped, n):
@@ -213,9 +233,9 @@ class ConvolutionBase(Layer):
         out_pos = int(np.prod(self.out_spatial))
         y = t.data.reshape(self.num, self.num_output, out_pos)
         w = self._weight_groups()
-        for s, e in self._chunks(self.channels * self.k2[0] * self.k2[1], out_pos):
+        for s, e in self._chunks(self.channels * int(np.prod(self.k2)), out_pos):
             col = self._unfold(x[s:e], out_pos)
-            y[s:e] = self._from_groups(np.matmul(w, col), e - s)
+            y[s:e] = self._from_groups(array_module(w).matmul(w, col), e - s)
             self._add_bias(y[s:e])
 
     def _backward_conv(self, t, down, b):
@@ -229,13 +249,13 @@ class ConvolutionBase(Layer):
         dx = self._images(b.diff, self.channels, self.in_spatial) if down else None
         w = self._weight_groups()
         w_diff = self.blobs[0].diff.reshape(w.shape)
-        for s, e in self._chunks(self.channels * self.k2[0] * self.k2[1], out_pos):
+        for s, e in self._chunks(self.channels * int(np.prod(self.k2)), out_pos):
             dy_g = self._to_groups(dy[s:e], self.group)
             if need_w:
                 col = self._unfold(x[s:e], out_pos)
-                w_diff += np.matmul(dy_g, col.transpose(0, 2, 1))
+                w_diff += _matmul_nt(dy_g, col)
             if down:
-                self._fold(np.matmul(w.transpose(0, 2, 1), dy_g), dx[s:e])
+                self._fold(array_module(w).matmul(w.transpose(0, 2, 1), dy_g), dx[s:e])
 
     # Deconvolution: top = col2im(W^T * bottom) + b
     def _forward_deconv(self, b, t):
@@ -243,9 +263,9 @@ class ConvolutionBase(Layer):
         x = b.data.reshape(self.num, self.channels, in_pos)
         y = self._images(t.data, self.num_output, self.out_spatial)
         w = self._weight_groups()
-        for s, e in self._chunks(self.num_output * self.k2[0] * self.k2[1], in_pos):
+        for s, e in self._chunks(self.num_output * int(np.prod(self.k2)), in_pos):
             x_g = self._to_groups(x[s:e], self.group)
-            self._fold(np.matmul(w.transpose(0, 2, 1), x_g), y[s:e])
+            self._fold(array_module(w).matmul(w.transpose(0, 2, 1), x_g), y[s:e])
         if self.bias_term:
             y_flat = t.data.reshape(self.num, self.num_output, -1)
             self._add_bias(y_flat)
@@ -262,10 +282,10 @@ class ConvolutionBase(Layer):
         dx = b.diff.reshape(self.num, self.channels, in_pos) if down else None
         w = self._weight_groups()
         w_diff = self.blobs[0].diff.reshape(w.shape)
-        for s, e in self._chunks(self.num_output * self.k2[0] * self.k2[1], in_pos):
+        for s, e in self._chunks(self.num_output * int(np.prod(self.k2)), in_pos):
             col = self._unfold(dy[s:e], in_pos)
             if need_w:
                 x_g = self._to_groups(x[s:e], self.group)
-                w_diff += np.matmul(x_g, col.transpose(0, 2, 1))
+                w_diff += _matmul_nt(x_g, col)
             if down:
-                dx[s:e] = self._from_groups(np.matmul(w, col), e - s)
+                dx[s:e] = self._from_groups(array_module(w).matmul(w, col), e - s)

@@ -30,20 +30,27 @@ def conv_out_size(size, kernel, pad, stride, dilation):
 
 
 def im2col(im, col, kernel, pad, stride, dilation):
-    """Columns (C*kh*kw, N, OH*OW) of images (N, C, H, W), written into ``col``.
+    """Columns (C*prod(kernel), N, prod(out)) of images (N, C, *spatial), into ``col``.
 
-    kernel, pad, stride, dilation: (h, w) pairs.
+    kernel, pad, stride, dilation: one value per spatial axis. Two spatial axes take
+    the 2-D kernel, any other count the N-D one.
     """
     _C = _cpu_module("im2col", im, col)
-    _C.im2col(im, col, kernel[0], kernel[1], pad[0], pad[1], stride[0], stride[1],
-              dilation[0], dilation[1])
+    if len(kernel) == 2:
+        _C.im2col(im, col, kernel[0], kernel[1], pad[0], pad[1], stride[0], stride[1],
+                  dilation[0], dilation[1])
+    else:
+        _C.im2col_nd(im, col, list(kernel), list(pad), list(stride), list(dilation))
 
 
 def col2im(col, im, kernel, pad, stride, dilation):
-    """Overwrite images (N, C, H, W) with the sum of their columns (im2col's adjoint)."""
+    """Overwrite images (N, C, *spatial) with the sum of their columns (im2col's adjoint)."""
     _C = _cpu_module("col2im", col, im)
-    _C.col2im(col, im, kernel[0], kernel[1], pad[0], pad[1], stride[0], stride[1],
-              dilation[0], dilation[1])
+    if len(kernel) == 2:
+        _C.col2im(col, im, kernel[0], kernel[1], pad[0], pad[1], stride[0], stride[1],
+                  dilation[0], dilation[1])
+    else:
+        _C.col2im_nd(col, im, list(kernel), list(pad), list(stride), list(dilation))
 
 
 def max_pool_forward(bottom, top, mask, kernel, stride, pad):

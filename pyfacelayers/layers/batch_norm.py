@@ -21,6 +21,7 @@ class BatchNormLayer(Layer):
     type = "BatchNorm"
     exact_num_bottom = 1
     exact_num_top = 1
+    default_lr_mult = 0.0  # the statistics are never learned (Caffe masks them)
 
     def layer_setup(self, bottom, top):
         bp = self.param.batch_norm_param

@@ -58,7 +58,7 @@ class InnerProductLayer(Layer):
         xp = array_module(bottom[0].data)
         x = bottom[0].data.reshape(self.M, self.K)
         y = top[0].data.reshape(self.M, self.num_output)
-        xp.matmul(x, self._weight_nk().T, out=y)
+        y[...] = xp.matmul(x, self._weight_nk().T)  # (out= is slower with OpenBLAS)
         if self.bias_term:
             y += self.blobs[1].data[None, :]
 
@@ -75,4 +75,4 @@ class InnerProductLayer(Layer):
             self.blobs[1].diff[...] += dy.sum(axis=0)
         if propagate_down[0]:
             dx = bottom[0].diff.reshape(self.M, self.K)
-            xp.matmul(dy, self._weight_nk(), out=dx)
+            dx[...] = xp.matmul(dy, self._weight_nk())

@@ -85,7 +85,8 @@ class MarginInnerProduct(Layer):
       labels repeat the later row wins. Then the whole weight diff is set to 0. The
       draws are counter-based (splitmix64 of the seed and the draw index, the same on
       CPU and GPU); the seed is the ``seed`` argument or drawn from the layer's ``rng``,
-      and seed and draw counter are part of :meth:`get_state`.
+      and seed and draw counter are part of :meth:`get_state`. With ``lr_mult: 0`` on
+      the weight (a frozen weight), no replacement happens at all.
     """
 
     type = "MarginInnerProduct"
@@ -172,6 +173,10 @@ class MarginInnerProduct(Layer):
             self.blobs = [weight]
         if p.triplet and self.triplet_seed is None:
             self.triplet_seed = int(self.rng.integers(0, 1 << 63))
+        if p.triplet and len(self.param.param) and self.param.param[0].lr_mult == 0:
+            # A frozen weight stays frozen: no triplet replacement (the fork would
+            # overwrite it regardless of lr_mult), and its diff stays untouched.
+            self.param_propagate_down = [False]
 
     def reshape(self, bottom, top):
         m, n, k = self._dims(bottom)

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from ..backend import array_module
 from ..proto import caffe_pb2
 from ._vision_kernels import (ave_pool_backward, ave_pool_forward, max_pool_backward,
                               max_pool_forward)
@@ -103,7 +104,10 @@ class PoolingLayer(Layer):
         for t in top:
             t.reshape(n, c, ph, pw)
         if self.method == _P.MAX:
-            self.mask = np.zeros((n, c, ph, pw), dtype=np.int64)
+            xp = array_module(bottom[0].data)
+            mask = getattr(self, "mask", None)
+            if mask is None or mask.shape != (n, c, ph, pw) or array_module(mask) is not xp:
+                self.mask = xp.zeros((n, c, ph, pw), dtype=np.int64)
 
     def forward(self, bottom, top):
         if self.method == _P.MAX:

@@ -10,6 +10,7 @@ private descriptor pool, so they never clash with another copy of caffe.proto.
 import os
 
 from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 try:  # protobuf >= 4.22
     from google.protobuf.message_factory import GetMessageClass as _message_class
@@ -40,7 +41,7 @@ DESCRIPTOR = _pool.FindFileByName(_file_proto.name)
 for _name, _desc in DESCRIPTOR.message_types_by_name.items():
     globals()[_name] = _message_class(_desc)
 for _name, _enum in DESCRIPTOR.enum_types_by_name.items():
-    globals()[_name] = _enum
+    globals()[_name] = EnumTypeWrapper(_enum)  # Name()/Value(), as generated code has
     for _value in _enum.values:
         globals()[_value.name] = _value.number
 del _name, _desc, _enum, _value

@@ -9,6 +9,18 @@
     solver.add_iteration_callback(fn)           # fn(solver, loss) after each update
 
 Log lines (Caffe's wording) go to the logger named "pyfacelayers".
+
+Snapshots are Caffe's: ``<prefix>_iter_<N>.caffemodel`` and ``.solverstate`` (iter,
+learned_net, history, current_step), written atomically; Caffe's own solverstates
+restore too (learned_net is looked up next to the solverstate first). What Caffe has
+no field for -- each layer's ``get_state()`` (MarginInnerProduct's iteration counter)
+and the numpy Generator state of every layer with an ``rng`` -- goes to
+``<prefix>_iter_<N>.solverstate.pfl.json`` (ignored by Caffe, restored when present),
+so a resumed run continues the exact trajectory. A snapshot taken after an interrupt
+inside an iteration records the states from that iteration's start.
+
+``solver.request_stop()`` (or ``set_action_function``, as Caffe's) stops after the
+current iteration; ``solver.lr`` is the rate of the latest update.
 """
 
 from .lr_policy import POLICIES, SolverError, learning_rate

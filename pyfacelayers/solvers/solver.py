@@ -98,9 +98,10 @@ class Solver:
             raise SolverError("%s: average_loss must be >= 1, got %d" % (where, p.average_loss))
         if p.iter_size < 1:
             raise SolverError("%s: iter_size must be >= 1, got %d" % (where, p.iter_size))
-        if p.snapshot_format != caffe_pb2.SolverParameter.BINARYPROTO:
-            raise SolverError("%s: only snapshot_format BINARYPROTO is supported (HDF5 is not)"
-                              % where)
+        takes_snapshots = p.snapshot > 0 or p.snapshot_after_train
+        if p.snapshot_format != caffe_pb2.SolverParameter.BINARYPROTO and takes_snapshots:
+            raise SolverError("%s: only snapshot_format BINARYPROTO is supported (HDF5 is "
+                              "not); set snapshot_format: BINARYPROTO" % where)
         if p.snapshot < 0:
             raise SolverError("%s: snapshot must be >= 0, got %d" % (where, p.snapshot))
         self.rule.check(where)
@@ -282,6 +283,7 @@ class Solver:
         p = self.param
         start_iter = self.iter
         stop_iter = self.iter + int(iters)
+        self.requested_early_exit = False
         self._losses = []
         self.smoothed_loss = 0.0
         self._timer = time.time()
@@ -422,7 +424,7 @@ class Solver:
         if self.requested_early_exit:
             log.info("Test interrupted.")
             return None
-        if p.test_compute_loss:
+        if p.test_compute_loss and iters > 0:
             log.info("Test loss: %s", _fmt(loss / iters))
         results, index = {}, 0
         for name, total in scores or []:
