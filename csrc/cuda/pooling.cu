@@ -1,8 +1,8 @@
 // CUDA twins of ../pooling.cpp: MAX and AVE pooling over (planes, height, width),
-// window bounds from ../pooling_math.h (shared with the CPU). The backward passes
+// window bounds from ../pooling_math.h (shared with the CPU). AVE backward
 // gather (one thread per input pixel, windows in the CPU's order), so they need no
-// atomics and sum exactly as the CPU does; a mask value that is no pixel of the
-// plane simply matches nothing.
+// atomics and sum exactly as the CPU does, except MAX backward, which scatters (see
+// its kernel).
 #include <cstdint>
 #include <string>
 
@@ -52,27 +52,19 @@ __global__ void max_forward_kernel(const T* bottom, PoolGeometry g, T* top, int6
   }
 }
 
+// Scatter each top diff to its argmax (the CPU's signature carries no window
+// geometry). bottom_diff was zeroed; overlapping windows may add to one pixel, hence
+// the atomics (the order of those few additions may vary between runs). A mask value
+// that is no pixel of the plane is skipped.
 template <typename T>
-__global__ void max_backward_kernel(const T* top_diff, const int64_t* mask, PoolGeometry g,
-                                    T* bottom_diff) {
-  const long plane = g.height * g.width;
-  const long pooled = g.pooled_h * g.pooled_w;
-  const long total = g.planes * plane;
+__global__ void max_backward_kernel(const T* top_diff, const int64_t* mask, long planes,
+                                    long plane, long pooled, T* bottom_diff) {
+  const long total = planes * pooled;
   for (long idx = (long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
        idx += (long)gridDim.x * blockDim.x) {
-    const long w = idx % g.width;
-    const long h = (idx / g.width) % g.height;
-    const long p = idx / plane;
-    const WindowSpan sh = windows_covering(h, g.kernel_h, g.stride_h, g.pad_h, g.pooled_h);
-    const WindowSpan sw = windows_covering(w, g.kernel_w, g.stride_w, g.pad_w, g.pooled_w);
-    const int64_t self = h * g.width + w;
-    const T* td = top_diff + p * pooled;
-    const int64_t* mk = mask + p * pooled;
-    T sum = T(0);
-    for (long ph = sh.first; ph < sh.last; ++ph)
-      for (long pw = sw.first; pw < sw.last; ++pw)
-        if (mk[ph * g.pooled_w + pw] == self) sum += td[ph * g.pooled_w + pw];
-    bottom_diff[idx] = sum;
+    const int64_t arg = mask[idx];
+    if (arg < 0 || arg >= plane) continue;
+    atomicAdd(bottom_diff + (idx / pooled) * plane + arg, top_diff[idx]);
   }
 }
 
@@ -166,24 +158,28 @@ void bind(py::module_& m) {
       py::arg("is_double"), py::arg("stream"));
   m.def(
       "max_pool_backward",
-      [](uptr top_diff, uptr mask, uptr bottom_diff, PFL_POOL_GEOMETRY_ARGS, bool is_double,
-         uptr stream) {
-        const PoolGeometry g = PFL_POOL_GEOMETRY("max_pool_backward");
-        const long total = g.planes * g.height * g.width;
-        if (total == 0) return;
+      [](uptr top_diff, uptr mask, uptr bottom_diff, long planes, long plane, long pooled,
+         bool is_double, uptr stream) {
+        if (planes < 0 || plane < 1 || pooled < 1)
+          throw py::value_error("max_pool_backward: bad sizes");
         auto s = stream_of(stream);
+        const size_t bytes = static_cast<size_t>(planes * plane) * (is_double ? 8 : 4);
+        if (bytes == 0) return;
+        check_cuda(cudaMemsetAsync(device_ptr<void>(bottom_diff), 0, bytes, s),
+                   "max_pool_backward (clear)");
+        const long total = planes * pooled;
         if (is_double)
           max_backward_kernel<double><<<grid_for(total), kThreads, 0, s>>>(
-              device_ptr<double>(top_diff), device_ptr<int64_t>(mask), g,
+              device_ptr<double>(top_diff), device_ptr<int64_t>(mask), planes, plane, pooled,
               device_ptr<double>(bottom_diff));
         else
           max_backward_kernel<float><<<grid_for(total), kThreads, 0, s>>>(
-              device_ptr<float>(top_diff), device_ptr<int64_t>(mask), g,
+              device_ptr<float>(top_diff), device_ptr<int64_t>(mask), planes, plane, pooled,
               device_ptr<float>(bottom_diff));
         check_launch("max_pool_backward");
       },
-      py::arg("top_diff"), py::arg("mask"), py::arg("bottom_diff"), PFL_POOL_GEOMETRY_NAMES,
-      py::arg("is_double"), py::arg("stream"));
+      py::arg("top_diff"), py::arg("mask"), py::arg("bottom_diff"), py::arg("planes"),
+      py::arg("plane"), py::arg("pooled"), py::arg("is_double"), py::arg("stream"));
   m.def(
       "ave_pool_forward",
       [](uptr bottom, uptr top, PFL_POOL_GEOMETRY_ARGS, bool is_double, uptr stream) {

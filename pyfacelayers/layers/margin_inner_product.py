@@ -28,10 +28,8 @@ def _kernels(xp):
     if xp is np:
         from .. import _C
         return _C
-    from .. import _cuda  # the CUDA twins, when built
-    if not hasattr(_cuda, "margin_forward"):
-        raise NotImplementedError("MarginInnerProduct has no GPU kernels in this build")
-    return _cuda
+    from ..gpu import margin  # the CUDA twins, same signatures, cupy arrays (gpu helper)
+    return margin
 
 
 @register
@@ -334,6 +332,9 @@ class MarginInnerProduct(Layer):
         product straight into it; otherwise add it in blocks of weight rows (a bounded
         temporary of about 8 MB).
         """
+        if xp is not np:  # cuBLAS adds into the diff (beta = 1): no temporary (gpu helper)
+            _kernels(xp).add_weight_grad(weight_diff, top_diff, x)
+            return
         if not bool(weight_diff.any()):
             xp.matmul(top_diff.T, x, out=weight_diff)
             return
