@@ -161,6 +161,23 @@ __global__ void triplet_replace_kernel(T* w, const T* x, const T* labels, long m
   }
 }
 
+// The smallest index of a label that is not an integer in [0, n) (NaN included);
+// first_bad starts above every index.
+template <typename T>
+__global__ void check_labels_kernel(const T* labels, long m, long n, int* first_bad) {
+  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < m;
+       i += (long)gridDim.x * blockDim.x) {
+    const T v = labels[i];
+    if (!(v >= T(0) && v < static_cast<T>(n)) || v != floor(v))
+      atomicMin(first_bad, static_cast<int>(i));
+  }
+}
+
+// Fill an int32 flag with a value above every index (0x7f7f7f7f), without a kernel.
+void reset_flag(std::uintptr_t flag, cudaStream_t s, const char* what) {
+  check_cuda(cudaMemsetAsync(device_ptr<int>(flag), 0x7f, sizeof(int), s), what);
+}
+
 int warp_grid(long rows) { return grid_for(rows * 32); }
 
 int row_grid(long rows) {
@@ -172,6 +189,7 @@ using uptr = std::uintptr_t;
 
 template <typename T>
 void normalize_rows(uptr w, uptr inv_norm, uptr bad_row, long n, long k, cudaStream_t s) {
+  reset_flag(bad_row, s, "margin_normalize_rows (reset)");
   row_inv_norm_kernel<T><<<warp_grid(n), kThreads, 0, s>>>(
       device_ptr<T>(w), n, k, device_ptr<T>(inv_norm), device_ptr<int>(bad_row));
   check_launch("margin_normalize_rows (norms)");
@@ -203,8 +221,28 @@ void bind(py::module_& mod) {
       },
       py::arg("w"), py::arg("inv_norm"), py::arg("bad_row"), py::arg("n"), py::arg("k"),
       py::arg("is_double"), py::arg("stream"),
-      "Scale the rows of w (n x k) to unit norm unless one is zero; bad_row (int32, set "
-      "to n before) gets the first zero row.");
+      "Scale the rows of w (n x k) to unit norm unless one is zero; bad_row (int32) gets "
+      "the first zero row, or a value >= n.");
+  mod.def(
+      "margin_check_labels",
+      [](uptr labels, uptr first_bad, long m, long n, bool is_double, uptr stream) {
+        require_sizes(m, n, 1);
+        if (m > INT_MAX) throw py::value_error("margin_check_labels: too many labels");
+        auto s = stream_of(stream);
+        reset_flag(first_bad, s, "margin_check_labels (reset)");
+        if (m == 0) return;
+        if (is_double)
+          check_labels_kernel<double><<<grid_for(m), kThreads, 0, s>>>(
+              device_ptr<double>(labels), m, n, device_ptr<int>(first_bad));
+        else
+          check_labels_kernel<float><<<grid_for(m), kThreads, 0, s>>>(
+              device_ptr<float>(labels), m, n, device_ptr<int>(first_bad));
+        check_launch("margin_check_labels");
+      },
+      py::arg("labels"), py::arg("first_bad"), py::arg("m"), py::arg("n"), py::arg("is_double"),
+      py::arg("stream"),
+      "first_bad (int32) gets the index of the first label that is not an integer in "
+      "[0, n), or a value >= m.");
   mod.def(
       "margin_forward",
       [](uptr top, uptr x, uptr labels, uptr x_norm, uptr cos_y, uptr logit_y, long m, long n,

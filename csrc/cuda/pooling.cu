@@ -1,8 +1,7 @@
 // CUDA twins of ../pooling.cpp: MAX and AVE pooling over (planes, height, width),
-// window bounds from ../pooling_math.h (shared with the CPU). AVE backward
-// gather (one thread per input pixel, windows in the CPU's order), so they need no
-// atomics and sum exactly as the CPU does, except MAX backward, which scatters (see
-// its kernel).
+// window bounds from ../pooling_math.h (shared with the CPU). AVE backward gathers
+// (one thread per input pixel, windows in the CPU's order), so it needs no atomics
+// and sums exactly as the CPU does; MAX backward scatters (see its kernel).
 #include <cstdint>
 #include <string>
 

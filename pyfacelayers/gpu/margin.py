@@ -30,12 +30,27 @@ def margin_normalize_rows(weight):
     if n == 0 or k == 0:
         return
     inv_norm = cupy.empty(n, dtype=dt)
-    bad = cupy.full(1, n, dtype=cupy.int32)
+    bad = cupy.empty(1, dtype=cupy.int32)  # set by the kernel call
     cuda_module().margin_normalize_rows(ptr(weight), ptr(inv_norm), ptr(bad), n, k,
                                         _is_double(dt), stream())
     bad_row = int(bad[0])  # one sync: the error must be raised in this forward
     if bad_row < n:
         raise ValueError("weight row %d has zero norm (cannot be normalised)" % bad_row)
+
+
+def first_bad_label(labels, n):
+    """Index of the first label that is not an integer in [0, n) (NaN included), or -1:
+    one kernel and one transfer (the numpy-style test takes several of each)."""
+    import cupy
+    dt = check(labels, "labels")
+    if labels.ndim != 1:
+        raise ValueError("labels: expected a 1-D array, got shape %s" % (labels.shape,))
+    m = labels.shape[0]
+    bad = cupy.empty(1, dtype=cupy.int32)
+    cuda_module().margin_check_labels(ptr(labels), ptr(bad), m, int(n), _is_double(dt),
+                                      stream())
+    index = int(bad[0])
+    return index if index < m else -1
 
 
 def margin_forward(top, x, labels, lambda_, type, x_norm, cos_y, logit_y):

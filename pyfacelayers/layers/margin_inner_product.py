@@ -245,9 +245,18 @@ class MarginInnerProduct(Layer):
                                 (rows,) if cols is None else (rows, cols)))
         return array.reshape(rows, cols) if cols is not None else array.reshape(rows)
 
-    def _labels(self, bottom, m, n):
+    def _labels(self, bottom, m, n, check_on_gpu=True):
         labels = self._matrix(bottom[1].data, m, None, "labels (bottom[1])")
         xp = array_module(labels)
+        if xp is not np:
+            # GPU (gpu helper): one fused check in forward, none in backward (every CUDA
+            # kernel skips a row whose label is out of range, so nothing is indexed out
+            # of bounds); each check costs a device synchronisation.
+            i = _kernels(xp).first_bad_label(labels, n) if check_on_gpu else -1
+            if i >= 0:
+                raise self.error("label %d is %r, expected an integer in [0, %d) (num_output)"
+                                 % (i, float(labels[i]), n))
+            return labels
         bad = ~((labels >= 0) & (labels < n) & (labels == xp.floor(labels)))
         if bool(bad.any()):
             i = int(xp.argmax(bad))
@@ -293,7 +302,7 @@ class MarginInnerProduct(Layer):
         p = self.param.margin_inner_product_param
         m, n, k = self._dims(bottom)
         x = self._matrix(bottom[0].data, m, k, "features (bottom[0])")
-        labels = self._labels(bottom, m, n)
+        labels = self._labels(bottom, m, n, check_on_gpu=False)
         weight = self._matrix(self.blobs[0].data, n, k, "weight")
         saved = self._saved
         if saved["x_norm"].shape[0] != m:
