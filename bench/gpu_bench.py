@@ -107,6 +107,10 @@ def bench_margin(quick):
 
     t_ours = time_cupy(ours, 3, repeat)
     row("margin F+B, ours (layer forward+backward)", t_ours, "ms")
+    row("margin forward alone, ours", time_cupy(lambda: layer.forward(bottom, top), 2, repeat),
+        "ms")
+    row("margin backward alone, ours",
+        time_cupy(lambda: layer.backward(top, [True, False], bottom), 2, repeat), "ms")
 
     x, td = bottom[0].data, top[0].diff
     w = layer.blobs[0].data
@@ -265,12 +269,50 @@ def bench_sphereface_ours(batch, num_classes, warmup, timed, gpu=True):
             step()
         ms = (time.time() - t0) / timed * 1e3
     print("  losses: %s" % ", ".join("%.4g" % v for v in losses), flush=True)
+    if gpu:
+        try:
+            layer_profile(solver.net)
+        except Exception as exc:  # information only
+            print("  (layer profile failed: %s: %s)" % (type(exc).__name__, exc))
     if not all(np.isfinite(losses)):
         raise RuntimeError("non-finite training loss: %s" % losses)
     backend.set_mode_cpu()
     row("SphereFace-20 step, ours (%s, batch %d)" % ("GPU" if gpu else "CPU", batch), ms, "ms")
     row("SphereFace-20, ours images/s", batch / (ms / 1e3), "img/s")
     return ms
+
+
+def layer_profile(net, top=12):
+    """One forward and backward with CUDA events around every layer (synchronised
+    layer by layer, so the sum exceeds a real step): where the time goes."""
+    import cupy
+    times = {}
+
+    def timed(key, fn):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times[key] = times.get(key, 0.0) + cupy.cuda.get_elapsed_time(start, end)
+
+    names = net._layer_names
+    for i, layer in enumerate(net.layers):
+        bottom, top_ = net._bottoms[i], net._tops[i]
+        layer.reshape(bottom, top_)
+        timed((names[i], layer.type, "forward"), lambda: layer.forward(bottom, top_))
+    for i in range(len(net.layers) - 1, -1, -1):
+        if net._layer_need_backward[i]:
+            layer, bottom, top_ = net.layers[i], net._bottoms[i], net._tops[i]
+            down = net._bottom_need_backward[i]
+            timed((names[i], layer.type, "backward"), lambda: layer.backward(top_, down, bottom))
+    total = sum(times.values())
+    by_type = {}
+    for (name, kind, phase), ms in times.items():
+        by_type[(kind, phase)] = by_type.get((kind, phase), 0.0) + ms
+    print("  layer profile: %.1f ms in all (synchronised per layer); by type:" % total)
+    for (kind, phase), ms in sorted(by_type.items(), key=lambda kv: -kv[1])[:top]:
+        print("    %-22s %-8s %8.2f ms  %5.1f%%" % (kind, phase, ms, 100 * ms / total))
 
 
 def bench_sphereface_torch(batch, num_classes, warmup, timed, tf32):
