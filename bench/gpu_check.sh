@@ -21,6 +21,10 @@ if [ -z "${PFL_SHARED:-}" ]; then
   elif [ -d "$ROOT/../shared/fixtures" ]; then export PFL_SHARED="$(cd "$ROOT/../shared" && pwd)"
   fi
 fi
+# nvcc off the PATH but in the usual place: use it (CMake looks for it to build _cuda).
+if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH="/usr/local/cuda/bin:$PATH" CUDACXX=/usr/local/cuda/bin/nvcc
+fi
 status=0
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
