@@ -166,7 +166,8 @@ class MarginInnerProduct(Layer):
             weight = Blob((n, k), dtype=self.dtype)
             if p.HasField("weight_filler"):
                 from ..fillers import fill  # lazy: fillers is its own module
-                weight.data[...] = fill(p.weight_filler, (n, k), self.dtype, self.rng)
+                # The setter moves host values to the device (cupy refuses [...] = numpy).
+                weight.data = fill(p.weight_filler, (n, k), self.dtype, self.rng)
             # else: Caffe's default filler, constant 0 (a forward rejects zero rows).
             self.blobs = [weight]
         if p.triplet and self.triplet_seed is None:
