@@ -19,7 +19,7 @@ import numpy as np
 from .. import backend
 from ..proto import caffe_pb2
 from . import snapshot as snap
-from ._io import read_net, read_solver
+from ..fileio import read_net, read_solver
 from .lr_policy import SolverError, check_lr_policy, learning_rate
 from .updates import RULES
 
