@@ -310,7 +310,13 @@ def test_margin_layer_errors_on_gpu():
     layer.blobs[0].data = rand((4, 5), 1)
     bottom[0].data = rand((3, 5), 2)
     bottom[1].data = np.array([0, 4, 1.0])
+    before = _host(layer.blobs[0].data)
     with pytest.raises(LayerError, match="label 1"):
+        layer.forward(bottom, top)
+    np.testing.assert_array_equal(_host(layer.blobs[0].data), before)  # nothing changed
+    bottom[1].data = np.array([0, 3, 1.0])
+    layer.blobs[0].data[2] = 0
+    with pytest.raises(LayerError, match="weight row 2"):
         layer.forward(bottom, top)
 
 

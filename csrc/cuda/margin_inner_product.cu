@@ -51,10 +51,12 @@ __global__ void row_inv_norm_kernel(const T* w, long n, long k, T* inv_norm, int
   }
 }
 
-// Pass 2: scale every row, unless some row was zero (then w stays unchanged).
+// Pass 2: scale every row, unless a label was bad (flags[0] < m) or some row was zero
+// (flags[1] < n); then w stays unchanged.
 template <typename T>
-__global__ void row_scale_kernel(T* w, long n, long k, const T* inv_norm, const int* bad_row) {
-  if (*bad_row < n) return;
+__global__ void row_scale_kernel(T* w, long n, long k, const T* inv_norm, const int* flags,
+                                 long m) {
+  if (flags[0] < m || flags[1] < n) return;
   const long total = n * k;
   for (long idx = (long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
        idx += (long)gridDim.x * blockDim.x)
@@ -187,14 +189,23 @@ int row_grid(long rows) {
 namespace py = pybind11;
 using uptr = std::uintptr_t;
 
+// flags (int32[2]): [0] the first bad label (m labels, 0 for none), [1] the first zero
+// weight row; both reset to 0x7f7f7f7f, above every index.
 template <typename T>
-void normalize_rows(uptr w, uptr inv_norm, uptr bad_row, long n, long k, cudaStream_t s) {
-  reset_flag(bad_row, s, "margin_normalize_rows (reset)");
+void normalize_rows(uptr w, uptr inv_norm, uptr flags, long n, long k, uptr labels, long m,
+                    cudaStream_t s) {
+  check_cuda(cudaMemsetAsync(device_ptr<int>(flags), 0x7f, 2 * sizeof(int), s),
+             "margin_normalize_rows (reset)");
+  if (m > 0) {
+    check_labels_kernel<T><<<grid_for(m), kThreads, 0, s>>>(device_ptr<T>(labels), m, n,
+                                                            device_ptr<int>(flags));
+    check_launch("margin_normalize_rows (labels)");
+  }
   row_inv_norm_kernel<T><<<warp_grid(n), kThreads, 0, s>>>(
-      device_ptr<T>(w), n, k, device_ptr<T>(inv_norm), device_ptr<int>(bad_row));
+      device_ptr<T>(w), n, k, device_ptr<T>(inv_norm), device_ptr<int>(flags) + 1);
   check_launch("margin_normalize_rows (norms)");
   row_scale_kernel<T><<<grid_for(n * k), kThreads, 0, s>>>(
-      device_ptr<T>(w), n, k, device_ptr<T>(inv_norm), device_ptr<int>(bad_row));
+      device_ptr<T>(w), n, k, device_ptr<T>(inv_norm), device_ptr<int>(flags), m);
   check_launch("margin_normalize_rows (scale)");
 }
 
@@ -213,16 +224,20 @@ void require_type(int type) {
 void bind(py::module_& mod) {
   mod.def(
       "margin_normalize_rows",
-      [](uptr w, uptr inv_norm, uptr bad_row, long n, long k, bool is_double, uptr stream) {
-        require_sizes(0, n, k);
+      [](uptr w, uptr inv_norm, uptr flags, long n, long k, uptr labels, long m,
+         bool is_double, uptr stream) {
+        require_sizes(m, n, k);
+        if (m > INT_MAX) throw py::value_error("margin_normalize_rows: too many labels");
+        if (m > 0 && labels == 0) throw py::value_error("margin_normalize_rows: no labels");
         auto s = stream_of(stream);
-        if (is_double) normalize_rows<double>(w, inv_norm, bad_row, n, k, s);
-        else normalize_rows<float>(w, inv_norm, bad_row, n, k, s);
+        if (is_double) normalize_rows<double>(w, inv_norm, flags, n, k, labels, m, s);
+        else normalize_rows<float>(w, inv_norm, flags, n, k, labels, m, s);
       },
-      py::arg("w"), py::arg("inv_norm"), py::arg("bad_row"), py::arg("n"), py::arg("k"),
-      py::arg("is_double"), py::arg("stream"),
-      "Scale the rows of w (n x k) to unit norm unless one is zero; bad_row (int32) gets "
-      "the first zero row, or a value >= n.");
+      py::arg("w"), py::arg("inv_norm"), py::arg("flags"), py::arg("n"), py::arg("k"),
+      py::arg("labels"), py::arg("m"), py::arg("is_double"), py::arg("stream"),
+      "Check m labels (labels 0 when m is 0) and scale the rows of w (n x k) to unit norm, "
+      "unless a label is not an integer in [0, n) or a row is zero. flags (int32[2]) gets "
+      "the first bad label (or a value >= m) and the first zero row (or a value >= n).");
   mod.def(
       "margin_check_labels",
       [](uptr labels, uptr first_bad, long m, long n, bool is_double, uptr stream) {

@@ -21,19 +21,33 @@ def _matrix(array, what, dtype=None):
     return dt
 
 
-def margin_normalize_rows(weight):
+def margin_normalize_rows(weight, labels=None):
     """Scale every row of the (N, K) weight to unit norm in place; ValueError naming
-    the first zero-norm row (the weight is then unchanged)."""
+    the first zero-norm row (the weight is then unchanged).
+
+    With ``labels`` (M,) the labels are checked too, in the same kernels and the same
+    single device synchronisation: a label that is not an integer in [0, N) raises a
+    ValueError naming it, before anything changes (as the CPU layer's order)."""
     import cupy
     dt = _matrix(weight, "margin_normalize_rows: weight")
     n, k = weight.shape
+    m = 0
+    if labels is not None:
+        check(labels, "margin_normalize_rows: labels", dt)
+        if labels.ndim != 1:
+            raise ValueError("margin_normalize_rows: labels must be 1-D, got shape %s"
+                             % (labels.shape,))
+        m = labels.shape[0]
     if n == 0 or k == 0:
         return
     inv_norm = cupy.empty(n, dtype=dt)
-    bad = cupy.empty(1, dtype=cupy.int32)  # set by the kernel call
-    cuda_module().margin_normalize_rows(ptr(weight), ptr(inv_norm), ptr(bad), n, k,
-                                        _is_double(dt), stream())
-    bad_row = int(bad[0])  # one sync: the error must be raised in this forward
+    flags = cupy.empty(2, dtype=cupy.int32)  # set by the kernel call
+    cuda_module().margin_normalize_rows(ptr(weight), ptr(inv_norm), ptr(flags), n, k,
+                                        ptr(labels) if m else 0, m, _is_double(dt), stream())
+    bad_label, bad_row = (int(v) for v in flags.get())  # the one synchronisation
+    if bad_label < m:
+        raise ValueError("label %d is %r, expected an integer in [0, %d) (num_output)"
+                         % (bad_label, float(labels[bad_label]), n))
     if bad_row < n:
         raise ValueError("weight row %d has zero norm (cannot be normalised)" % bad_row)
 

@@ -275,7 +275,7 @@ class MarginInnerProduct(Layer):
     def forward(self, bottom, top):
         m, n, k = self._dims(bottom)
         x = self._matrix(bottom[0].data, m, k, "features (bottom[0])")
-        labels = self._labels(bottom, m, n)
+        labels = self._labels(bottom, m, n, check_on_gpu=False)  # GPU: checked below
         weight = self._matrix(self.blobs[0].data, n, k, "weight")
         if tuple(top[0].shape) != tuple(bottom[0].shape[:self.axis]) + (n,):
             raise self.error("top[0] has shape %s, expected %s (call reshape first)"
@@ -284,7 +284,10 @@ class MarginInnerProduct(Layer):
         xp = array_module(x)
         kernels = _kernels(xp)
 
-        self._kernel(kernels.margin_normalize_rows, weight)
+        if xp is np:
+            self._kernel(kernels.margin_normalize_rows, weight)
+        else:  # GPU: the label check shares the norms' one synchronisation (gpu helper)
+            self._kernel(kernels.margin_normalize_rows, weight, labels)
         self.iteration += 1
         lam = self.lambda_ = self._lambda()
         xp.matmul(x, weight.T, out=out)
