@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+# PFL_SHARED points elsewhere (e.g. a copy inside the checkout on a GPU machine).
+SHARED = os.environ.get("PFL_SHARED") or os.path.join(os.path.dirname(ROOT), "shared")
 FIXTURES = os.path.join(SHARED, "fixtures", "caffe-ref")
 NETS = os.path.join(SHARED, "nets")
 

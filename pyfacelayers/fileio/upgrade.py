@@ -153,7 +153,13 @@ def _upgrade_batch_norm(net):
 
 
 def upgrade_solver(solver, path=None):
-    """Turn the legacy ``solver_type`` enum into the ``type`` string, in place."""
+    """Turn the legacy ``solver_type`` enum into the ``type`` string, and upgrade the
+    nets the solver holds inline (``net_param`` etc.), in place."""
+    for field in ("net_param", "train_net_param"):
+        if solver.HasField(field):
+            upgrade_net(getattr(solver, field), path)
+    for net in solver.test_net_param:
+        upgrade_net(net, path)
     if solver.HasField("solver_type"):
         if solver.HasField("type"):
             raise FormatError("the solver sets both the legacy 'solver_type' and 'type'; "

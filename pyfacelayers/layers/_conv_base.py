@@ -22,6 +22,9 @@ from .base import Layer
 MAX_SPATIAL_AXES = 8
 # Largest column buffer (in elements) built at once; bounds memory for big batches.
 COL_BUFFER_ELEMENTS = 1 << 23
+# On the GPU a larger buffer (1 GiB of float32) keeps the GEMMs big and the launches few
+# (gpu helper).
+COL_BUFFER_ELEMENTS_GPU = 1 << 28
 
 
 def _matmul_nt(a, b):
@@ -165,7 +168,8 @@ class ConvolutionBase(Layer):
     # index the positions of the smaller one.
     def _chunks(self, col_rows, col_positions):
         per_image = max(1, col_rows * col_positions)
-        step = max(1, COL_BUFFER_ELEMENTS // per_image)
+        limit = COL_BUFFER_ELEMENTS if self.blobs[0].xp is np else COL_BUFFER_ELEMENTS_GPU
+        step = max(1, limit // per_image)
         for start in range(0, self.num, step):
             yield start, min(self.num, start + step)
 

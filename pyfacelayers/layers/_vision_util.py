@@ -13,7 +13,7 @@ def new_param_blob(layer, shape, filler_param, what):
     except ValueError as exc:
         raise layer.error("%s: %s" % (what, exc)) from None
     blob = Blob(shape, dtype=layer.dtype)
-    blob.data[...] = values
+    blob.data = values  # the setter moves host values to the device (cupy refuses [...] =)
     return blob
 
 

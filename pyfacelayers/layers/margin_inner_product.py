@@ -28,10 +28,8 @@ def _kernels(xp):
     if xp is np:
         from .. import _C
         return _C
-    from .. import _cuda  # the CUDA twins, when built
-    if not hasattr(_cuda, "margin_forward"):
-        raise NotImplementedError("MarginInnerProduct has no GPU kernels in this build")
-    return _cuda
+    from ..gpu import margin  # the CUDA twins, same signatures, cupy arrays (gpu helper)
+    return margin
 
 
 @register
@@ -168,7 +166,8 @@ class MarginInnerProduct(Layer):
             weight = Blob((n, k), dtype=self.dtype)
             if p.HasField("weight_filler"):
                 from ..fillers import fill  # lazy: fillers is its own module
-                weight.data[...] = fill(p.weight_filler, (n, k), self.dtype, self.rng)
+                # The setter moves host values to the device (cupy refuses [...] = numpy).
+                weight.data = fill(p.weight_filler, (n, k), self.dtype, self.rng)
             # else: Caffe's default filler, constant 0 (a forward rejects zero rows).
             self.blobs = [weight]
         if p.triplet and self.triplet_seed is None:
@@ -247,9 +246,18 @@ class MarginInnerProduct(Layer):
                                 (rows,) if cols is None else (rows, cols)))
         return array.reshape(rows, cols) if cols is not None else array.reshape(rows)
 
-    def _labels(self, bottom, m, n):
+    def _labels(self, bottom, m, n, check_on_gpu=True):
         labels = self._matrix(bottom[1].data, m, None, "labels (bottom[1])")
         xp = array_module(labels)
+        if xp is not np:
+            # GPU (gpu helper): one fused check in forward, none in backward (every CUDA
+            # kernel skips a row whose label is out of range, so nothing is indexed out
+            # of bounds); each check costs a device synchronisation.
+            i = _kernels(xp).first_bad_label(labels, n) if check_on_gpu else -1
+            if i >= 0:
+                raise self.error("label %d is %r, expected an integer in [0, %d) (num_output)"
+                                 % (i, float(labels[i]), n))
+            return labels
         bad = ~((labels >= 0) & (labels < n) & (labels == xp.floor(labels)))
         if bool(bad.any()):
             i = int(xp.argmax(bad))
@@ -267,7 +275,7 @@ class MarginInnerProduct(Layer):
     def forward(self, bottom, top):
         m, n, k = self._dims(bottom)
         x = self._matrix(bottom[0].data, m, k, "features (bottom[0])")
-        labels = self._labels(bottom, m, n)
+        labels = self._labels(bottom, m, n, check_on_gpu=False)  # GPU: checked below
         weight = self._matrix(self.blobs[0].data, n, k, "weight")
         if tuple(top[0].shape) != tuple(bottom[0].shape[:self.axis]) + (n,):
             raise self.error("top[0] has shape %s, expected %s (call reshape first)"
@@ -276,7 +284,10 @@ class MarginInnerProduct(Layer):
         xp = array_module(x)
         kernels = _kernels(xp)
 
-        self._kernel(kernels.margin_normalize_rows, weight)
+        if xp is np:
+            self._kernel(kernels.margin_normalize_rows, weight)
+        else:  # GPU: the label check shares the norms' one synchronisation (gpu helper)
+            self._kernel(kernels.margin_normalize_rows, weight, labels)
         self.iteration += 1
         lam = self.lambda_ = self._lambda()
         xp.matmul(x, weight.T, out=out)
@@ -295,7 +306,7 @@ class MarginInnerProduct(Layer):
         p = self.param.margin_inner_product_param
         m, n, k = self._dims(bottom)
         x = self._matrix(bottom[0].data, m, k, "features (bottom[0])")
-        labels = self._labels(bottom, m, n)
+        labels = self._labels(bottom, m, n, check_on_gpu=False)
         weight = self._matrix(self.blobs[0].data, n, k, "weight")
         saved = self._saved
         if saved["x_norm"].shape[0] != m:
@@ -334,6 +345,9 @@ class MarginInnerProduct(Layer):
         product straight into it; otherwise add it in blocks of weight rows (a bounded
         temporary of about 8 MB).
         """
+        if xp is not np:  # cuBLAS adds into the diff (beta = 1): no temporary (gpu helper)
+            _kernels(xp).add_weight_grad(weight_diff, top_diff, x)
+            return
         if not bool(weight_diff.any()):
             xp.matmul(top_diff.T, x, out=weight_diff)
             return

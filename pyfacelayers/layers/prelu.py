@@ -1,6 +1,9 @@
 """PReLU (Caffe's PReLULayer): y = max(0, x) + a_c * min(0, x), a learned per channel."""
 
+import numpy as np
+
 from ..backend import array_module
+from ..gpu import prelu as gpu_prelu
 from ..proto import caffe_pb2
 from ._vision_util import new_param_blob, wants_param_grad
 from .base import Layer, register
@@ -57,6 +60,10 @@ class PReLULayer(Layer):
         if top[0] is bottom[0]:
             self.bottom_copy = x.copy()
             x = self.bottom_copy
+        if xp is not np:  # one fused CUDA pass (gpu helper)
+            gpu_prelu.prelu_forward(x, self.blobs[0].data, self._view(top[0].data, shape),
+                                    self.channel_shared)
+            return
         a = self._slopes(shape)
         self._view(top[0].data, shape)[...] = xp.maximum(x, 0) + a * xp.minimum(x, 0)
 
@@ -65,6 +72,12 @@ class PReLULayer(Layer):
         shape = bottom[0].shape
         x = self.bottom_copy if top[0] is bottom[0] else self._view(bottom[0].data, shape)
         dy = self._view(top[0].diff, shape)
+        if xp is not np:  # fused CUDA passes; the slope gradient before dx overwrites dy
+            gpu_prelu.prelu_backward(
+                x, dy, self.blobs[0].data,
+                self._view(bottom[0].diff, shape) if propagate_down[0] else None,
+                self.blobs[0].diff if wants_param_grad(self, 0) else None, self.channel_shared)
+            return
         negative = x <= 0
         if wants_param_grad(self, 0):
             contrib = dy * x * negative

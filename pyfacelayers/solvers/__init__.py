@@ -27,7 +27,7 @@ from .lr_policy import POLICIES, SolverError, learning_rate
 from .solver import Solver
 from .updates import (AdaDeltaRule, AdaGradRule, AdamRule, NesterovRule, RMSPropRule,
                       SGDRule)
-from ._io import read_solver
+from ..fileio import read_solver
 
 
 class SGDSolver(Solver):

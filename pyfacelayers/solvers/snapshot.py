@@ -15,7 +15,7 @@ import numpy as np
 from .. import backend
 from ..fileio.blobs import array_to_blob, blob_shape, blob_to_array
 from ..proto import caffe_pb2
-from ._io import read_binary, write_binary_proto, write_text
+from ..fileio import atomic_write, read_binary_proto, write_binary_proto
 from .lr_policy import SolverError
 
 log = logging.getLogger("pyfacelayers")
@@ -39,7 +39,7 @@ def write_state(path, iteration, learned_net, current_step, history):
 
 
 def read_state(path):
-    return read_binary(path, caffe_pb2.SolverState, "solverstate")
+    return read_binary_proto(path, caffe_pb2.SolverState, "solverstate")
 
 
 def extra_path(state_path):
@@ -48,7 +48,7 @@ def extra_path(state_path):
 
 def write_extra(state_path, extra):
     document = dict(extra, format=EXTRA_FORMAT, version=1)
-    write_text(extra_path(state_path), json.dumps(document, indent=1, sort_keys=True))
+    atomic_write(extra_path(state_path), json.dumps(document, indent=1, sort_keys=True))
 
 
 def read_extra(state_path, iteration):

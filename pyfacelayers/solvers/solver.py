@@ -19,7 +19,7 @@ import numpy as np
 from .. import backend
 from ..proto import caffe_pb2
 from . import snapshot as snap
-from ._io import read_net, read_solver
+from ..fileio import read_net, read_solver
 from .lr_policy import SolverError, check_lr_policy, learning_rate
 from .updates import RULES
 
@@ -98,9 +98,10 @@ class Solver:
             raise SolverError("%s: average_loss must be >= 1, got %d" % (where, p.average_loss))
         if p.iter_size < 1:
             raise SolverError("%s: iter_size must be >= 1, got %d" % (where, p.iter_size))
-        if p.snapshot_format != caffe_pb2.SolverParameter.BINARYPROTO:
-            raise SolverError("%s: only snapshot_format BINARYPROTO is supported (HDF5 is not)"
-                              % where)
+        takes_snapshots = p.snapshot > 0 or p.snapshot_after_train
+        if p.snapshot_format != caffe_pb2.SolverParameter.BINARYPROTO and takes_snapshots:
+            raise SolverError("%s: only snapshot_format BINARYPROTO is supported (HDF5 is "
+                              "not); set snapshot_format: BINARYPROTO" % where)
         if p.snapshot < 0:
             raise SolverError("%s: snapshot must be >= 0, got %d" % (where, p.snapshot))
         self.rule.check(where)
