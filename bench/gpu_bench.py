@@ -139,6 +139,8 @@ def bench_margin(quick):
     bd_o = cupy.empty((M, K), np.float32)
     wd_o = cupy.zeros((N, K), np.float32)
 
+    from cupy import cublas  # a plain import here would make `cupy` local to original()
+
     def original(lam=lam):
         s = stream()
         kern.bench_original_margin_prep(ptr(w_o), ptr(x), ptr(x_norm), M, N, K, False, s)
@@ -147,8 +149,7 @@ def bench_margin(quick):
         cupy.copyto(cos, top_o)
         kern.bench_original_margin_forward(ptr(cos), ptr(top_o), ptr(lab), ptr(x_norm),
                                            *[ptr(b) for b in bufs], lam, M, N, False, s)
-        import cupy.cublas
-        cupy.cublas.gemm("T", "N", td, x, out=wd_o, alpha=1.0, beta=1.0)
+        cublas.gemm("T", "N", td, x, out=wd_o, alpha=1.0, beta=1.0)
         sign3, sign4 = bufs[4], bufs[5]
         kern.bench_original_margin_backward(ptr(bd_o), ptr(x), ptr(w_o), ptr(td), ptr(lab),
                                             ptr(x_norm), ptr(sign3), ptr(sign4), ptr(cos),
