@@ -657,6 +657,66 @@ def test_prelu_in_place_backward_uses_the_input():
     np.testing.assert_array_equal(bottom[0].diff, [[0.5, 1.0], [1.0, 0.5]])
 
 
+def test_prelu_special_values_follow_caffes_expressions():
+    # Caffe: top = max(x, 0) + a * min(x, 0) (std::max/min: NaN stays NaN);
+    # dx = dy * ((x > 0) + a * (x <= 0)) (NaN x gives 0); da += dy * x * (x <= 0).
+    x = np.array([[[np.nan, np.inf, -np.inf, 0.0, -0.0, 2.0, -3.0, 1.5, -0.5, 4.0, -1.0]]],
+                 dtype=np.float32)
+    layer, bottom, top = build("PReLU", 'prelu_param { filler { type: "constant" value: 0.25 }'
+                               ' }', [x.astype(np.float32)])
+    layer.forward(bottom, top)
+    a = np.float32(0.25)
+    with np.errstate(invalid="ignore"):
+        expected = np.where(np.isnan(x), np.nan, np.maximum(x, 0) + a * np.minimum(x, 0))
+    np.testing.assert_array_equal(top[0].data, expected)
+    top[0].diff[...] = np.arange(1, x.size + 1, dtype=np.float32).reshape(x.shape)
+    layer.backward(top, [True], bottom)
+    dy = top[0].diff
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(bottom[0].diff, dy * ((x > 0) + a * (x <= 0)))
+        finite = np.isfinite(x)
+        slope = np.sum((dy * x * (x <= 0))[finite], dtype=np.float64)
+    assert np.isnan(layer.blobs[0].diff[0])  # -inf * dy * 1 and inf * dy * 0 = NaN, as in Caffe
+    x2 = np.where(finite, x, 1.0).astype(np.float32)
+    layer.blobs[0].diff[...] = 0
+    bottom[0].data[...] = x2
+    layer.forward(bottom, top)
+    layer.backward(top, [True], bottom)
+    assert layer.blobs[0].diff[0] == np.float32(slope)
+
+
+def test_prelu_float32_long_channels_match_float64():
+    # Inner sizes that are not multiples of the kernel's 8 partial sums, many images.
+    rng = np.random.default_rng(41)
+    x = rng.standard_normal((5, 3, 7, 13)).astype(np.float32)
+    layer, bottom, top = build("PReLU", "", [x])
+    layer.blobs[0].data[...] = [0.1, -0.3, 0.7]
+    layer.forward(bottom, top)
+    top[0].diff[...] = rng.standard_normal(x.shape).astype(np.float32)
+    layer.backward(top, [True], bottom)
+    x64, dy64 = x.astype(np.float64), top[0].diff.astype(np.float64)
+    a64 = layer.blobs[0].data.astype(np.float64).reshape(1, 3, 1, 1)
+    assert_close(top[0].data, np.maximum(x64, 0) + a64 * np.minimum(x64, 0), 1e-7)
+    assert_close(layer.blobs[0].diff, (dy64 * x64 * (x64 <= 0)).sum(axis=(0, 2, 3)), 1e-6)
+    assert_close(bottom[0].diff, dy64 * np.where(x64 > 0, 1.0, a64), 1e-7)
+
+
+def test_prelu_kernel_rejects_bad_arrays():
+    from pyfacelayers import _C
+    x = np.zeros((2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="2 slopes for 3 channels"):
+        _C.prelu_forward(x, np.zeros(2, np.float32), np.zeros_like(x), False)
+    with pytest.raises(TypeError, match="float32"):
+        _C.prelu_forward(x, np.zeros(3), np.zeros_like(x), False)
+    with pytest.raises(ValueError, match="shape differs"):
+        _C.prelu_forward(x, np.zeros(3, np.float32), np.zeros((2, 3, 5), np.float32), False)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _C.prelu_backward(x, np.zeros((2, 4, 3), np.float32).transpose(0, 2, 1),
+                          np.zeros(3, np.float32), None, None, False)
+    with pytest.raises(ValueError, match="axes"):
+        _C.prelu_forward(x[0], np.zeros(3, np.float32), x[0].copy(), False)
+
+
 def test_prelu_errors():
     with pytest.raises(LayerError, match='"lay" \\(PReLU\\).*at least 2 axes'):
         build("PReLU", "", [np.zeros(3)])

@@ -9,6 +9,14 @@ from ._vision_util import new_param_blob, wants_param_grad
 from .base import Layer, register
 
 
+def _kernels(xp):
+    """The C++ kernels for numpy arrays, their CUDA twins for cupy ones."""
+    if xp is not np:
+        return gpu_prelu
+    from .. import _C
+    return _C
+
+
 @register
 class PReLULayer(Layer):
     """Channels are axis 1; ``channel_shared`` learns one slope for all of them.
@@ -45,11 +53,6 @@ class PReLULayer(Layer):
                              % (shape[1], self.channels))
         top[0].reshape(shape)
 
-    def _slopes(self, shape):
-        """Slopes broadcastable against an (N, C, rest) view."""
-        a = self.blobs[0].data
-        return a.reshape(1, -1, 1) if not self.channel_shared else a.reshape(1, 1, 1)
-
     def _view(self, array, shape):
         return array.reshape(shape[0], shape[1], -1)
 
@@ -58,34 +61,25 @@ class PReLULayer(Layer):
         shape = bottom[0].shape
         x = self._view(bottom[0].data, shape)
         if top[0] is bottom[0]:
-            self.bottom_copy = x.copy()
+            # Reuse the buffer between iterations: a fresh copy each time costs a page
+            # fault per 4 KiB of activations.
+            if self.bottom_copy is None or self.bottom_copy.shape != x.shape \
+                    or array_module(self.bottom_copy) is not xp:
+                self.bottom_copy = xp.empty_like(x)
+            self.bottom_copy[...] = x
             x = self.bottom_copy
-        if xp is not np:  # one fused CUDA pass (gpu helper)
-            gpu_prelu.prelu_forward(x, self.blobs[0].data, self._view(top[0].data, shape),
-                                    self.channel_shared)
-            return
-        a = self._slopes(shape)
-        self._view(top[0].data, shape)[...] = xp.maximum(x, 0) + a * xp.minimum(x, 0)
+        kernels = _kernels(xp)  # one fused pass either way
+        kernels.prelu_forward(x, self.blobs[0].data, self._view(top[0].data, shape),
+                              self.channel_shared)
 
     def backward(self, top, propagate_down, bottom):
         xp = array_module(top[0].diff)
         shape = bottom[0].shape
         x = self.bottom_copy if top[0] is bottom[0] else self._view(bottom[0].data, shape)
         dy = self._view(top[0].diff, shape)
-        if xp is not np:  # fused CUDA passes; the slope gradient before dx overwrites dy
-            gpu_prelu.prelu_backward(
-                x, dy, self.blobs[0].data,
-                self._view(bottom[0].diff, shape) if propagate_down[0] else None,
-                self.blobs[0].diff if wants_param_grad(self, 0) else None, self.channel_shared)
-            return
-        negative = x <= 0
-        if wants_param_grad(self, 0):
-            contrib = dy * x * negative
-            if self.channel_shared:
-                self.blobs[0].diff[...] += contrib.sum()
-            else:
-                self.blobs[0].diff[...] += contrib.sum(axis=(0, 2))
-        if propagate_down[0]:
-            a = self._slopes(shape)
-            dx = dy * xp.where(negative, a, xp.ones_like(a))
-            self._view(bottom[0].diff, shape)[...] = dx
+        # Fused passes; the slope gradient is taken before dx (maybe dy itself) is written.
+        kernels = _kernels(xp)
+        kernels.prelu_backward(
+            x, dy, self.blobs[0].data,
+            self._view(bottom[0].diff, shape) if propagate_down[0] else None,
+            self.blobs[0].diff if wants_param_grad(self, 0) else None, self.channel_shared)
