@@ -20,7 +20,8 @@ from pyfacelayers.net import Net
 from pyfacelayers.proto import caffe_pb2
 from pyfacelayers.verification import (FeatureExtractor, FeatureSet, Pair, accuracy, auc,
                                        best_threshold, evaluate, extract_features,
-                                       load_features, parse_pairs, read_pairs, roc_curve,
+                                       image_keys, load_features, parse_pairs,
+                                       read_pairs, roc_curve,
                                        save_features, threshold_grid, verify)
 from pyfacelayers.verification.features import Progress, feature_key, read_image_list
 
@@ -62,6 +63,7 @@ def test_pairs_parser_on_a_hand_made_file(tmp_path):
     assert pairs[7].right == "Dion_Glover/Dion_Glover_0001" and pairs[7].line == 10
     one_fold = parse_pairs("1\nA 1 2\nB 1 C 2\n")  # pairsDevTrain-style header
     assert (one_fold.folds, one_fold.per_set, len(one_fold)) == (1, 1, 2)
+    assert image_keys(one_fold) == ["A/A_0001", "A/A_0002", "B/B_0001", "C/C_0002"]
 
 
 @pytest.mark.parametrize("text, line, fragment", [

@@ -44,13 +44,10 @@ def run(args, stderr=None):
     if not (args.out.endswith(".npz") or args.out.endswith(".npy")):
         raise ValueError("--out %s: the name must end in .npz or .npy" % args.out)
     device = _common.select_device(args.gpu)
-    entries = feats.read_image_list(args.list)
+    names, paths, wheres = feats.list_paths(args.list, args.root)
     net = Net(args.model, caffe_pb2.TEST, weights=args.weights)
     extractor = feats.FeatureExtractor(net, args.blob, args.mirror, args.batch_size,
                                        args.resize)
-    names = [name for name, _ in entries]
-    paths = [args.root + name for name in names]
-    wheres = ["%s (line %d of %s)" % (p, n, args.list) for p, (_, n) in zip(paths, entries)]
     if not args.quiet:
         stderr.write("extract: %d images through %s (blob %s, input %dx%dx%d, mirror %s) on %s\n"
                      % (len(paths), args.model, extractor.blob, extractor.channels,

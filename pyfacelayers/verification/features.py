@@ -166,7 +166,7 @@ class FeatureExtractor:
         return feats + flipped
 
     def extract(self, paths, wheres=None, progress=None):
-        """Features of the image files ``paths`` (rows in the same order)."""
+        """Features of the image files ``paths`` (rows in the same order, the net's dtype)."""
         wheres = wheres or paths
         progress = progress or Progress(len(paths), enabled=False)
         rows = []
@@ -175,19 +175,25 @@ class FeatureExtractor:
             batch = np.stack([self.load(paths[i], wheres[i]) for i in chunk])
             rows.append(self.features(batch))
             progress.update(chunk[-1] + 1)
-        return np.concatenate(rows).astype(np.float32)
+        return np.concatenate(rows).astype(self.net.dtype)
 
 
 def extract_features(net, list_path, root="", blob=None, mirror="none", batch_size=32,
                      resize=False, progress=None):
     """(names, features) for the images of an image list; ``root`` is prepended to each
     name by plain concatenation, as Caffe's ImageData ``root_folder``."""
+    names, paths, wheres = list_paths(list_path, root)
+    extractor = FeatureExtractor(net, blob, mirror, batch_size, resize)
+    return names, extractor.extract(paths, wheres, progress)
+
+
+def list_paths(list_path, root=""):
+    """(names, file paths, descriptions for errors) of an image list's images."""
     entries = read_image_list(list_path)
     names = [name for name, _ in entries]
     paths = [root + name for name in names]
     wheres = ["%s (line %d of %s)" % (p, n, list_path) for p, (_, n) in zip(paths, entries)]
-    extractor = FeatureExtractor(net, blob, mirror, batch_size, resize)
-    return names, extractor.extract(paths, wheres, progress)
+    return names, paths, wheres
 
 
 def names_path(npy_path):

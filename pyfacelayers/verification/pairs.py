@@ -105,3 +105,9 @@ def read_pairs(path, pattern=DEFAULT_PATTERN):
     except UnicodeDecodeError as exc:
         raise FormatError("not a text file (%s)" % exc.reason, path=path) from None
     return parse_pairs(text, str(path), pattern)
+
+
+def image_keys(pairs):
+    """The distinct image keys a pairs list uses, sorted (e.g. to build the image list
+    for extract: ``key + ".jpg"`` per line)."""
+    return sorted({key for p in pairs for key in (p.left, p.right)})
