@@ -262,7 +262,8 @@ def test_roc_curve_by_hand(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="matched and mismatched"):
         roc_curve([0.1, 0.2], [True, True])
     from pyfacelayers.verification import roc
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
     with pytest.raises(ImportError, match="pip install matplotlib"):
         roc.save_roc_png(str(tmp_path / "roc.png"), [0.9, 0.1], [True, False])
 

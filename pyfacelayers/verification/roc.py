@@ -31,27 +31,26 @@ def auc(fpr, tpr):
 def save_roc_png(path, scores, same, title="LFW verification ROC", label=None):
     """Draw the ROC of (scores, same) into a PNG file; returns the AUC."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")  # files only, no display needed
-        import matplotlib.pyplot as plt
+        # A Figure on the Agg canvas: no display and no change to pyplot's backend.
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         raise ImportError("the ROC figure needs matplotlib (pip install matplotlib); "
                           "the accuracies do not") from None
     fpr, tpr, _ = roc_curve(scores, same)
     area = auc(fpr, tpr)
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    try:
-        ax.plot(fpr, tpr, lw=1.5, label="%s (AUC %.4f)" % (label or "ROC", area))
-        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.0)
-        ax.set_xlabel("false positive rate (mismatched pairs accepted)")
-        ax.set_ylabel("true positive rate (matched pairs accepted)")
-        ax.set_title(title)
-        ax.grid(True, ls=":", lw=0.5)
-        ax.legend(loc="lower right")
-        fig.tight_layout()
-        fig.savefig(str(path), format="png")
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(5, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(fpr, tpr, lw=1.5, label="%s (AUC %.4f)" % (label or "ROC", area))
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.0)
+    ax.set_xlabel("false positive rate (mismatched pairs accepted)")
+    ax.set_ylabel("true positive rate (matched pairs accepted)")
+    ax.set_title(title)
+    ax.grid(True, ls=":", lw=0.5)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(str(path), format="png")
     return area
