@@ -140,8 +140,11 @@ def evaluate(left, right, same, folds, grid=None, subtract_mean=True):
 
 def verify(pairs, features, grid=None, subtract_mean=True):
     """Run the protocol for a :class:`~.pairs.Pairs` list on a :class:`~.features.FeatureSet`."""
-    where = "%s line %%d" % (getattr(pairs, "path", None) or "pairs")
-    left = np.stack([features.features[features.row(p.left, where % p.line)] for p in pairs])
-    right = np.stack([features.features[features.row(p.right, where % p.line)] for p in pairs])
+    source = str(getattr(pairs, "path", None) or "pairs")
+
+    def row(pair, key):
+        return features.features[features.row(key, "%s line %d" % (source, pair.line))]
+    left = np.stack([row(p, p.left) for p in pairs])
+    right = np.stack([row(p, p.right) for p in pairs])
     return evaluate(left, right, [p.same for p in pairs], [p.fold for p in pairs], grid,
                     subtract_mean)
