@@ -8,11 +8,13 @@ def new_param_blob(layer, shape, filler_param, what):
     """A Blob of ``shape`` in the layer's dtype, filled by ``filler_param``."""
     from ..fillers import fill
 
+    # The blob first: its size is checked against the memory limit before the
+    # filler allocates its values.
+    blob = Blob(shape, dtype=layer.dtype)
     try:
         values = fill(filler_param, shape, layer.dtype, layer.rng)
     except ValueError as exc:
         raise layer.error("%s: %s" % (what, exc)) from None
-    blob = Blob(shape, dtype=layer.dtype)
     blob.data = values  # the setter moves host values to the device (cupy refuses [...] =)
     return blob
 

@@ -28,10 +28,12 @@ log = logging.getLogger("pyfacelayers")
 TRAIN_NET_FIELDS = ("net", "net_param", "train_net", "train_net_param")
 
 
-def make_net(net_param, phase, level=0, stages=(), dtype=np.float32, seed=None):
+def make_net(net_param, phase, level=0, stages=(), dtype=np.float32, seed=None,
+             allow_python_layers=False):
     """Build a Net (pyfacelayers.net.Net); tests replace this with a fake net."""
     from ..net import Net
-    return Net(net_param, phase, level=level, stages=tuple(stages), dtype=dtype, seed=seed)
+    return Net(net_param, phase, level=level, stages=tuple(stages), dtype=dtype, seed=seed,
+               allow_python_layers=allow_python_layers)
 
 
 def _fmt(value):
@@ -45,12 +47,14 @@ class Solver:
     ``solver`` is a SolverParameter, a solver .prototxt path or prototxt text.
     ``dtype`` is the nets' Dtype (float32 default, float64 supported). ``source``:
     the solver file a SolverParameter came from (relative net paths are also looked
-    up next to it).
+    up next to it). ``allow_python_layers``: let the nets build Caffe ``Python``
+    layers (refused by default; see pyfacelayers.layers.python_layer).
     """
 
     rule_class = None
 
-    def __init__(self, solver, dtype=np.float32, net_factory=None, source=None):
+    def __init__(self, solver, dtype=np.float32, net_factory=None, source=None,
+                 allow_python_layers=False):
         if isinstance(solver, caffe_pb2.SolverParameter):
             self.param = caffe_pb2.SolverParameter()
             self.param.CopyFrom(solver)
@@ -60,6 +64,7 @@ class Solver:
             self.param = read_solver(solver)
         self._where = "solver %s" % (self._source or "(SolverParameter)")
         self.dtype = np.dtype(dtype)
+        self.allow_python_layers = bool(allow_python_layers)
         self._net_factory = net_factory or (lambda *a, **k: make_net(*a, **k))
         self.rule = self.rule_class(self.param)
         self._check_param()
@@ -177,8 +182,10 @@ class Solver:
         return self._make(net_param, state, seed)
 
     def _make(self, net_param, state, seed):
+        extra = {"allow_python_layers": True} if self.allow_python_layers else {}
         return self._net_factory(net_param, state.phase, level=state.level,
-                                 stages=tuple(state.stage), dtype=self.dtype, seed=seed)
+                                 stages=tuple(state.stage), dtype=self.dtype, seed=seed,
+                                 **extra)
 
     def _test_net_count(self):
         """How many test nets the solver defines (Caffe's InitTestNets rules)."""
