@@ -25,9 +25,14 @@ def blobproto_to_array(blob, return_diff=False):
         shape = (blob.num, blob.channels, blob.height, blob.width)
     else:
         shape = blob_shape(blob)
-    if values.size != int(np.prod(shape, dtype=np.int64)):
+    count = 1
+    for d in shape:
+        if d < 0:
+            raise ValueError("blob shape %s has a negative dimension" % (tuple(shape),))
+        count *= int(d)
+    if values.size != count:
         raise ValueError("blob holds %d values but its shape %s needs %d"
-                         % (values.size, tuple(shape), int(np.prod(shape, dtype=np.int64))))
+                         % (values.size, tuple(shape), count))
     return values.reshape(shape)
 
 
@@ -79,6 +84,11 @@ def datum_to_array(datum):
     The label is not returned (it is ``datum.label``).
     """
     shape = (datum.channels, datum.height, datum.width)
+    stored = len(datum.data) or len(datum.float_data)
+    if stored != datum.channels * datum.height * datum.width:
+        raise ValueError("Datum holds %d values in %s but its shape %s needs %d"
+                         % (stored, "data" if len(datum.data) else "float_data", shape,
+                            datum.channels * datum.height * datum.width))
     if len(datum.data):
         return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape).copy()
     return np.array(datum.float_data, dtype=np.float64).reshape(shape)
