@@ -13,7 +13,7 @@ class Blob:
     ``x`` in (its shape must match).
     """
 
-    def __init__(self, shape=(), dtype=np.float32, xp=None, name=None):
+    def __init__(self, shape=(), dtype=np.float32, xp=None, name=None, label=None):
         self.dtype = np.dtype(dtype)
         self._xp = xp or backend.xp()
         self._shape = None
@@ -21,6 +21,7 @@ class Blob:
         # Memory accounting (pyfacelayers.limits): the net being built, if any, and
         # the bytes this blob's own data and diff arrays hold.
         self.name = name
+        self._label = label or ('blob "%s"' % name if name else "blob")  # for messages
         self._ledger = limits.active_ledger()
         self._held_data = self._held_diff = 0
         self.reshape(*tuple(shape))
@@ -37,7 +38,7 @@ class Blob:
 
     def _reserve(self, shape):
         """Check ``shape`` and its memory (data + diff) before numpy allocates it."""
-        what = 'blob "%s"' % self.name if self.name else "blob"
+        what = self._label
         shape = limits.check_shape(shape, what, self._ledger and self._ledger.layer)
         one = limits.array_bytes(shape, self.dtype.itemsize)
         what = "%s of shape %s (data and diff, %s)" % (what, shape, self.dtype.name)

@@ -33,8 +33,7 @@ DEFAULT_FRACTION = 0.5
 
 _SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([KMGTP]?)(?:I?B)?\s*$", re.I)
-_HINT = ("set %s to a larger size (bytes, or e.g. 16G) if the machine really has "
-         "the memory" % ENV_VAR)
+_HINT = ("raise the limit with %s=<bytes, or e.g. 16G> (or 'unlimited')" % ENV_VAR)
 
 
 def parse_size(text, what=ENV_VAR):
@@ -124,7 +123,7 @@ def check_allocation(nbytes, what, total=0, limit=None, layer=None):
                if total else "")
     raise ResourceLimitError(
         "%s%s needs %s (%d bytes)%s, over the memory limit of %s (%s); refused before "
-        "allocating. If the size is intended, %s."
+        "allocating. If the size is intended and the machine has the memory, %s."
         % (where, what, format_bytes(nbytes), nbytes, running, format_bytes(limit),
            limit_source(), _HINT),
         layer_name=layer[0] if layer else None, layer_type=layer[1] if layer else None,
@@ -146,7 +145,8 @@ class Ledger:
     def charge(self, old_bytes, new_bytes, what):
         """Swap ``old_bytes`` held for ``new_bytes``; refuse when over the limit."""
         if new_bytes > old_bytes:
-            check_allocation(new_bytes - old_bytes, what, self.total, self.limit,
+            # Reported as the blob's new size on top of everything else the net holds.
+            check_allocation(new_bytes, what, self.total - old_bytes, self.limit,
                              self.layer)
         self.total += new_bytes - old_bytes
 

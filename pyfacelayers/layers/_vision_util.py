@@ -10,7 +10,8 @@ def new_param_blob(layer, shape, filler_param, what):
 
     # The blob first: its size is checked against the memory limit before the
     # filler allocates its values.
-    blob = Blob(shape, dtype=layer.dtype)
+    label = "param %d (%s)" % (len(layer.blobs or ()), what.replace("_filler", "") or "param")
+    blob = Blob(shape, dtype=layer.dtype, label=label)
     try:
         values = fill(filler_param, shape, layer.dtype, layer.rng)
     except ValueError as exc:
