@@ -94,6 +94,36 @@ def datum_to_array(datum):
     return np.array(datum.float_data, dtype=np.float64).reshape(shape)
 
 
+def load_array(path):
+    """An array file as a numpy array: a ``.npy`` (e.g. a mean saved with np.save, as
+    pycaffe's classify.py reads with np.load) or a ``.binaryproto`` blob.
+
+    Never unpickles: a ``.npy`` of Python objects is refused (FormatError), since
+    unpickling a file can run any code. Nothing else is read from a ``.npy``.
+    """
+    import os
+
+    from .errors import FormatError
+    from .fileio.binary import read_binaryproto
+
+    path = os.fspath(path)
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    if magic != b"\x93NUMPY":
+        return read_binaryproto(path)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise FormatError("the .npy file holds Python objects (a pickle); refused, "
+                              "since unpickling can run code. Save plain numeric arrays "
+                              "(np.save of a float array)", path) from None
+        raise FormatError("not a readable .npy file (%s)" % exc, path) from None
+    except (OSError, EOFError) as exc:
+        raise FormatError("truncated or corrupt .npy file (%s)" % exc, path) from None
+    return array
+
+
 # -- images ------------------------------------------------------------------------
 
 
