@@ -235,3 +235,19 @@ def test_lone_blob_checked_against_the_limit(monkeypatch):
     with pytest.raises(ResourceLimitError, match=r"blob of shape \(1000, 1000\)"):
         Blob((1000, 1000))
     assert Blob((100, 100)).count == 10000
+
+
+def test_solver_history_counts_against_the_limit(tmp_path, monkeypatch):
+    # Net: 2x1000 input + 2x1000 fc + 1000x1000 weight (+ bias), about 8 MB with diffs;
+    # Adam's two history copies of the 4 MB parameters take it past 12 MB.
+    (tmp_path / "net.prototxt").write_text(
+        INPUT % dims(2, 1000) + 'layer { name: "fc" type: "InnerProduct" bottom: "data" '
+        'top: "fc" inner_product_param { num_output: 1000 } }')
+    (tmp_path / "solver.prototxt").write_text(
+        'net: "%s" type: "Adam" base_lr: 0.1 lr_policy: "fixed" max_iter: 1 display: 0'
+        % (tmp_path / "net.prototxt"))
+    monkeypatch.setenv(limits.ENV_VAR, "12M")
+    with pytest.raises(ResourceLimitError, match="Adam solver's history"):
+        caffe.get_solver(str(tmp_path / "solver.prototxt"))
+    monkeypatch.setenv(limits.ENV_VAR, "20M")
+    assert caffe.get_solver(str(tmp_path / "solver.prototxt")).history

@@ -53,7 +53,7 @@ def test_package_never_unpickles_or_evaluates():
     problems = []
     for path in _package_sources():
         text = path.read_text(encoding="utf-8")
-        for pattern in (r"^\s*(import|from)\s+(c?pickle|marshal|shelve|dill)\b",
+        for pattern in (r"^\s*(import|from)\s+(c?pickle|cPickle|_pickle|marshal|shelve|dill)\b",
                         r"(?<![\w.])(eval|exec)\(", r"yaml\.load\(",
                         r"torch\.load\("):
             if re.search(pattern, text, re.M):

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .. import backend
+from .. import backend, limits
 from ..proto import caffe_pb2
 from . import snapshot as snap
 from ..fileio import read_net, read_solver
@@ -90,6 +90,13 @@ class Solver:
         self.test_nets = self._init_test_nets(seed)
         log.info("Solver scaffolding done.")
         params = self.net.learnable_params
+        # The update rule's history (1 to 3 copies of the parameters) joins the train
+        # net's arrays under the memory limit, checked before it is allocated.
+        limits.check_allocation(
+            self.rule.history_sets * sum(int(p.data.nbytes) for p in params),
+            "the %s solver's history (%d x the learnable parameters)"
+            % (self.type, self.rule.history_sets),
+            total=int(getattr(self.net, "memory_bytes", 0) or 0))
         self.history = [self._zeros_like(p) for _ in range(self.rule.history_sets) for p in params]
 
     # -- set-up and validation ------------------------------------------------------
