@@ -310,3 +310,13 @@ def test_every_model_file_write_survives_a_round_trip(tmp_path):
     for a, b in zip(net.learnable_params, other.learnable_params):
         np.testing.assert_array_equal(a.data, b.data)
     assert os.path.getsize(path) > 0
+
+
+def test_huge_prototxt_refused_or_rejected_without_reading_it(tmp_path, monkeypatch):
+    path = _sparse(tmp_path / "zeros.prototxt", b"", 3 << 30)
+    monkeypatch.setenv(limits.ENV_VAR, "1G")
+    with pytest.raises(ResourceLimitError, match=r"zeros\.prototxt.*3\.0 GiB"):
+        read_net(path)
+    monkeypatch.setenv(limits.ENV_VAR, "1T")
+    with pytest.raises(FormatError, match="binary file"):  # from its first bytes alone
+        read_net(path)
