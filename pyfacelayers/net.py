@@ -205,6 +205,7 @@ class Net:
                     raise NetError('layer "%s": shared parameter "%s" has shape %s here but '
                                    '%s in its owner' % (lp.name, spec.name, blob.shape,
                                                         owner.shape))
+                self._forget(blob)
                 layer.blobs[k] = owner
                 continue
             if spec.name:
@@ -415,11 +416,18 @@ class Net:
                 if blob.shape != layer.blobs[k].shape:
                     raise NetError('layer "%s": cannot share param %d of shape %s with %s'
                                    % (name, k, layer.blobs[k].shape, blob.shape))
+                self._forget(layer.blobs[k])
                 layer.blobs[k] = blob
         self.params = OrderedDict((n, l.blobs) for n, l in zip(self._layer_names, self.layers)
                                   if l.blobs)
 
     share_trained_layers_with = share_with
+
+    def _forget(self, blob):
+        """A blob of this net replaced by another's: its arrays no longer count."""
+        if blob._ledger is self._ledger:
+            self._ledger.total -= blob._held_data + blob._held_diff
+            blob._held_data = blob._held_diff = 0
 
     # -- state Caffe has no field for (e.g. MarginInnerProduct's iteration) -------------
     def get_layer_states(self):

@@ -251,3 +251,18 @@ def test_solver_history_counts_against_the_limit(tmp_path, monkeypatch):
         caffe.get_solver(str(tmp_path / "solver.prototxt"))
     monkeypatch.setenv(limits.ENV_VAR, "20M")
     assert caffe.get_solver(str(tmp_path / "solver.prototxt")).history
+
+
+def test_shared_params_are_counted_once(monkeypatch):
+    monkeypatch.delenv(limits.ENV_VAR, raising=False)
+    text = (INPUT % dims(2, 10) + ''.join(
+        'layer { name: "fc%d" type: "InnerProduct" bottom: "data" top: "fc%d" '
+        'param { name: "w" } param { name: "b" } inner_product_param { num_output: 3 } }'
+        % (i, i) for i in range(2)))
+    net = build(text)
+    # data, its two Split copies, two tops, and one weight and bias between the layers.
+    blobs = 3 * (2 * 10) + 2 * (2 * 3)
+    assert net.memory_bytes == 2 * 4 * (blobs + 3 * 10 + 3)
+    other = build(text)
+    other.share_with(net)  # as a solver's test net: the parameters are net's
+    assert other.memory_bytes == 2 * 4 * blobs
