@@ -130,6 +130,19 @@ def check_allocation(nbytes, what, total=0, limit=None, layer=None):
         requested=nbytes, total=total, limit=limit)
 
 
+def check_array(shape, dtype, what="array", layer=None, total=0):
+    """Check an array of ``shape`` and ``dtype`` before allocating it: the shape's
+    validity (ShapeError) and its bytes against the limit (ResourceLimitError).
+    Returns the bytes it needs."""
+    import numpy as np  # only here: the rest of this module needs no numpy
+
+    shape = check_shape(shape, what, layer)
+    nbytes = array_bytes(shape, np.dtype(dtype).itemsize)
+    check_allocation(nbytes, "%s of shape %s (%s)" % (what, shape, np.dtype(dtype).name),
+                     total=total, layer=layer)
+    return nbytes
+
+
 class Ledger:
     """The bytes held by one net's blobs, checked against the memory limit.
 

@@ -266,3 +266,13 @@ def test_shared_params_are_counted_once(monkeypatch):
     other = build(text)
     other.share_with(net)  # as a solver's test net: the parameters are net's
     assert other.memory_bytes == 2 * 4 * blobs
+
+
+def test_check_array_for_other_callers(monkeypatch):
+    monkeypatch.setenv(limits.ENV_VAR, "1M")
+    assert limits.check_array((10, 10), np.float64) == 800
+    with pytest.raises(ResourceLimitError, match=r'layer "l" \(T\): buffer of shape '
+                                                 r'\(1000, 1000\) \(float32\)'):
+        limits.check_array((1000, 1000), np.float32, "buffer", layer=("l", "T"))
+    with pytest.raises(ShapeError, match="buffer"):
+        limits.check_array((3, -1), np.float32, "buffer")

@@ -46,6 +46,9 @@ class Layer:
     ``backward`` run per batch. ``self.blobs`` holds the learnable parameters, in
     Caffe's order. Subclasses set ``type`` (the Caffe type string) and may set the
     bottom/top count limits below, which ``setup`` checks.
+
+    Exported as ``pyfacelayers.Layer``: also the base class of user-written Caffe
+    ``Python`` layers, as pycaffe's ``caffe.Layer`` (see layers/python_layer.py).
     """
 
     type = None
