@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from . import backend
+from . import backend, limits
 
 
 class Blob:
@@ -13,24 +13,41 @@ class Blob:
     ``x`` in (its shape must match).
     """
 
-    def __init__(self, shape=(), dtype=np.float32, xp=None):
+    def __init__(self, shape=(), dtype=np.float32, xp=None, name=None, label=None):
         self.dtype = np.dtype(dtype)
         self._xp = xp or backend.xp()
         self._shape = None
         self._data = self._diff = None
+        # Memory accounting (pyfacelayers.limits): the net being built, if any, and
+        # the bytes this blob's own data and diff arrays hold.
+        self.name = name
+        self._label = label or ('blob "%s"' % name if name else "blob")  # for messages
+        self._ledger = limits.active_ledger()
+        self._held_data = self._held_diff = 0
         self.reshape(*tuple(shape))
 
     # -- shape ---------------------------------------------------------------
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        shape = tuple(int(d) for d in shape)
-        if any(d < 0 for d in shape):
-            raise ValueError("Blob.reshape: negative dimension in %s" % (shape,))
         if shape != self._shape:
+            shape = self._reserve(shape)
             self._shape = shape
             self._data = self._xp.zeros(shape, dtype=self.dtype)
             self._diff = self._xp.zeros(shape, dtype=self.dtype)
+
+    def _reserve(self, shape):
+        """Check ``shape`` and its memory (data + diff) before numpy allocates it."""
+        what = self._label
+        shape = limits.check_shape(shape, what, self._ledger and self._ledger.layer)
+        one = limits.array_bytes(shape, self.dtype.itemsize)
+        what = "%s of shape %s (data and diff, %s)" % (what, shape, self.dtype.name)
+        if self._ledger is not None:
+            self._ledger.charge(self._held_data + self._held_diff, 2 * one, what)
+        else:
+            limits.check_allocation(2 * one, what)
+        self._held_data = self._held_diff = one
+        return shape
 
     def reshape_like(self, other):
         self.reshape(other.shape)
@@ -97,11 +114,19 @@ class Blob:
         """View ``other``'s data in this blob's shape (Caffe's ShareData; same count)."""
         self._check_same_count(other)
         self._data = other.data.reshape(self._shape)
+        self._release("_held_data")
 
     def share_diff(self, other):
         """View ``other``'s diff in this blob's shape (Caffe's ShareDiff; same count)."""
         self._check_same_count(other)
         self._diff = other.diff.reshape(self._shape)
+        self._release("_held_diff")
+
+    def _release(self, field):
+        # The array this blob allocated is dropped for a view of another blob's.
+        if self._ledger is not None:
+            self._ledger.total -= getattr(self, field)
+        setattr(self, field, 0)
 
     def _check_same_count(self, other):
         if other.count != self.count:

@@ -34,3 +34,24 @@ class LayerError(PyFaceLayersError, ValueError):
 
 class NetError(PyFaceLayersError, ValueError):
     """A net definition cannot be built (bad wiring, missing blob, shape mismatch)."""
+
+
+class ResourceLimitError(PyFaceLayersError, MemoryError):
+    """A net (or file) would need more memory than :func:`pyfacelayers.limits.memory_limit`
+    allows, or declares a size that cannot exist (a negative or non-integer dimension).
+
+    Raised before anything is allocated. It is also a :class:`MemoryError`, so code that
+    already handles running out of memory handles this too. The message names the layer
+    (name and type) and blob when known, the shape, the bytes asked for, the net's running
+    total, the limit, and how to raise it. The numbers are kept as attributes.
+    """
+
+    def __init__(self, message, layer_name=None, layer_type=None, requested=None,
+                 total=None, limit=None):
+        super().__init__(message)
+        self.layer_name, self.layer_type = layer_name, layer_type
+        self.requested, self.total, self.limit = requested, total, limit
+
+
+class ShapeError(PyFaceLayersError, ValueError):
+    """A blob shape that cannot exist: a negative, fractional or non-numeric dimension."""

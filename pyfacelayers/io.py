@@ -25,9 +25,14 @@ def blobproto_to_array(blob, return_diff=False):
         shape = (blob.num, blob.channels, blob.height, blob.width)
     else:
         shape = blob_shape(blob)
-    if values.size != int(np.prod(shape, dtype=np.int64)):
+    count = 1
+    for d in shape:
+        if d < 0:
+            raise ValueError("blob shape %s has a negative dimension" % (tuple(shape),))
+        count *= int(d)
+    if values.size != count:
         raise ValueError("blob holds %d values but its shape %s needs %d"
-                         % (values.size, tuple(shape), int(np.prod(shape, dtype=np.int64))))
+                         % (values.size, tuple(shape), count))
     return values.reshape(shape)
 
 
@@ -79,9 +84,44 @@ def datum_to_array(datum):
     The label is not returned (it is ``datum.label``).
     """
     shape = (datum.channels, datum.height, datum.width)
+    stored = len(datum.data) or len(datum.float_data)
+    if stored != datum.channels * datum.height * datum.width:
+        raise ValueError("Datum holds %d values in %s but its shape %s needs %d"
+                         % (stored, "data" if len(datum.data) else "float_data", shape,
+                            datum.channels * datum.height * datum.width))
     if len(datum.data):
         return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape).copy()
     return np.array(datum.float_data, dtype=np.float64).reshape(shape)
+
+
+def load_array(path):
+    """An array file as a numpy array: a ``.npy`` (e.g. a mean saved with np.save, as
+    pycaffe's classify.py reads with np.load) or a ``.binaryproto`` blob.
+
+    Never unpickles: a ``.npy`` of Python objects is refused (FormatError), since
+    unpickling a file can run any code. Nothing else is read from a ``.npy``.
+    """
+    import os
+
+    from .errors import FormatError
+    from .fileio.binary import read_binaryproto
+
+    path = os.fspath(path)
+    with open(path, "rb") as handle:
+        magic = handle.read(6)
+    if magic != b"\x93NUMPY":
+        return read_binaryproto(path)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise FormatError("the .npy file holds Python objects (a pickle); refused, "
+                              "since unpickling can run code. Save plain numeric arrays "
+                              "(np.save of a float array)", path) from None
+        raise FormatError("not a readable .npy file (%s)" % exc, path) from None
+    except (OSError, EOFError) as exc:
+        raise FormatError("truncated or corrupt .npy file (%s)" % exc, path) from None
+    return array
 
 
 # -- images ------------------------------------------------------------------------

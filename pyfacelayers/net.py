@@ -9,7 +9,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import backend
+from . import backend, limits
 from .blob import Blob
 from .errors import FormatError, NetError
 from .fileio import (blob_to_array, legacy_shape_matches, read_caffemodel, read_net,
@@ -40,11 +40,15 @@ class Net:
     ``Net(prototxt, phase, weights=...)``, plus ``level``/``stages``; ``prototxt`` may
     also be a NetParameter. ``dtype`` (float32 or float64) picks Caffe's Dtype;
     ``seed`` seeds fillers and random layers (default: caffe.set_random_seed's value,
-    else fresh entropy, as Caffe's random_seed -1).
+    else fresh entropy, as Caffe's random_seed -1). ``allow_python_layers``: build
+    Caffe ``Python`` layers, which import and run the module the prototxt names
+    (refused by default: loading a model file never runs code you did not ask for).
+    Blob sizes are checked against ``pyfacelayers.limits.memory_limit()`` before
+    anything is allocated (ResourceLimitError).
     """
 
     def __init__(self, network, *args, weights=None, phase=None, level=0, stages=(),
-                 dtype=np.float32, seed=None):
+                 dtype=np.float32, seed=None, allow_python_layers=False):
         args = list(args)
         if args and isinstance(args[0], (str, bytes)) or (args and hasattr(args[0], "__fspath__")):
             weights = args.pop(0)
@@ -75,7 +79,12 @@ class Net:
         self._param = insert_splits(filter_net(param, state))
         if seed is None:
             seed = _random["seed"]
-        self._build(seed)
+        self.allow_python_layers = bool(allow_python_layers)
+        # Every blob of this net counts against one memory budget (pyfacelayers.limits).
+        self._ledger = limits.Ledger()
+        with limits.tracking(self._ledger):
+            self._build(seed)
+        self._ledger.layer = None
         if weights is not None:
             self.copy_from(weights)
 
@@ -99,7 +108,9 @@ class Net:
         available = []
 
         for i, lp in enumerate(layer_params):
-            layer = create_layer(lp, phase=self.phase, dtype=self.dtype, rng=rngs[i])
+            self._ledger.layer = (lp.name, lp.type)
+            layer = create_layer(lp, phase=self.phase, dtype=self.dtype, rng=rngs[i],
+                                 allow_python=self.allow_python_layers)
             bottoms, need_backward, bottom_need = [], False, []
             for j, name in enumerate(lp.bottom):
                 if name not in self.blobs or name not in available:
@@ -125,7 +136,7 @@ class Net:
                     raise NetError('layer "%s" (%s): top blob "%s" is already produced by an '
                                    'earlier layer (only in-place tops may repeat a name)'
                                    % (lp.name, lp.type, name))
-                self.blobs[name] = Blob((), dtype=self.dtype)
+                self.blobs[name] = Blob((), dtype=self.dtype, name=name)
                 tops.append(self.blobs[name])
                 available.append(name)
             for name in lp.bottom:
@@ -194,6 +205,7 @@ class Net:
                     raise NetError('layer "%s": shared parameter "%s" has shape %s here but '
                                    '%s in its owner' % (lp.name, spec.name, blob.shape,
                                                         owner.shape))
+                self._forget(blob)
                 layer.blobs[k] = owner
                 continue
             if spec.name:
@@ -246,6 +258,7 @@ class Net:
         loss = 0.0
         for i in range(start, end + 1):
             layer, bottom, top = self.layers[i], self._bottoms[i], self._tops[i]
+            self._ledger.layer = (layer.name, layer.type)  # names it in a size refusal
             layer.reshape(bottom, top)
             layer.forward(bottom, top)
             for j, weight in self._loss_weights[i]:
@@ -329,7 +342,15 @@ class Net:
 
     def reshape(self):
         for layer, bottom, top in zip(self.layers, self._bottoms, self._tops):
+            self._ledger.layer = (layer.name, layer.type)
             layer.reshape(bottom, top)
+        self._ledger.layer = None
+
+    @property
+    def memory_bytes(self):
+        """Bytes the net's blobs hold (data and diff), as counted against
+        pyfacelayers.limits.memory_limit()."""
+        return self._ledger.total
 
     def clear_param_diffs(self):
         for blob in self.learnable_params:
@@ -357,7 +378,11 @@ class Net:
                         'cannot copy param %d of layer "%s": shape mismatch, the weights '
                         'have %s, the net has %s' % (k, lp.name, _stored_shape(stored),
                                                      blob.shape), path)
-                values = blob_to_array(stored).reshape(blob.shape)
+                try:
+                    values = blob_to_array(stored).reshape(blob.shape)
+                except ValueError as exc:
+                    raise FormatError('layer "%s" param %d: %s' % (lp.name, k, exc),
+                                      path) from None
                 blob.data[...] = blob.xp.asarray(values, dtype=blob.dtype)
 
     def to_proto(self, write_diff=False):
@@ -391,11 +416,18 @@ class Net:
                 if blob.shape != layer.blobs[k].shape:
                     raise NetError('layer "%s": cannot share param %d of shape %s with %s'
                                    % (name, k, layer.blobs[k].shape, blob.shape))
+                self._forget(layer.blobs[k])
                 layer.blobs[k] = blob
         self.params = OrderedDict((n, l.blobs) for n, l in zip(self._layer_names, self.layers)
                                   if l.blobs)
 
     share_trained_layers_with = share_with
+
+    def _forget(self, blob):
+        """A blob of this net replaced by another's: its arrays no longer count."""
+        if blob._ledger is self._ledger:
+            self._ledger.total -= blob._held_data + blob._held_diff
+            blob._held_data = blob._held_diff = 0
 
     # -- state Caffe has no field for (e.g. MarginInnerProduct's iteration) -------------
     def get_layer_states(self):

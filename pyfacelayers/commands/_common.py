@@ -52,6 +52,12 @@ def add_device_arguments(parser):
                         help="run on GPU ID (needs cupy); default: the CPU")
 
 
+def add_python_layer_argument(parser):
+    parser.add_argument("--allow-python-layers", action="store_true",
+                        help="build Caffe Python layers (python_param): imports and runs "
+                             "the module the prototxt names; only for files you trust")
+
+
 def select_device(gpu, solver_param=None):
     """CPU or GPU mode from --gpu, else (for train) the solver's explicit solver_mode,
     as Caffe's tool does. Returns a description for the log."""

@@ -14,6 +14,8 @@ def register(subparsers):
     p.add_argument("file", help="a net .prototxt or a .caffemodel")
     p.add_argument("--phase", choices=["TRAIN", "TEST"], default="TEST",
                    help="phase used to compute blob shapes (default TEST)")
+    from . import _common
+    _common.add_python_layer_argument(p)
     p.set_defaults(func=run)
 
 
@@ -35,7 +37,8 @@ def run(args):
         show_caffemodel(args.file)
     else:
         read_text_file(args.file)  # clear errors for odd files before parsing
-        show_prototxt(args.file, getattr(caffe_pb2, args.phase))
+        show_prototxt(args.file, getattr(caffe_pb2, args.phase),
+                      getattr(args, "allow_python_layers", False))
     return 0
 
 
@@ -51,7 +54,7 @@ def show_caffemodel(path):
     print("parameters: %d" % total)
 
 
-def show_prototxt(path, phase):
+def show_prototxt(path, phase, allow_python_layers=False):
     param = read_net(path)
     print('net "%s" (%s): %d layers' % (param.name, path, len(param.layer)))
     print("  %-28s %-20s %-30s %s" % ("name", "type", "bottoms", "tops"))
@@ -60,7 +63,7 @@ def show_prototxt(path, phase):
                                           ",".join(layer.top)))
     try:
         from ..net import Net
-        net = Net(param, phase)
+        net = Net(param, phase, allow_python_layers=allow_python_layers)
     except Exception as exc:  # shapes need every input's shape and every layer type
         print("blob shapes unknown (%s)" % exc)
         return

@@ -22,6 +22,7 @@ def register(subparsers):
     _common.add_device_arguments(p)
     p.add_argument("--level", type=int, default=0, help="NetState level")
     p.add_argument("--stage", action="append", help="NetState stage(s)")
+    _common.add_python_layer_argument(p)
     p.add_argument("--phase", choices=["TRAIN", "TEST"], default="TEST")
     p.set_defaults(func=run)
 
@@ -30,7 +31,8 @@ def _make_net(args):
     from ..net import Net
     from ..proto import caffe_pb2
     return Net(args.model, getattr(caffe_pb2, args.phase), weights=args.weights,
-               level=args.level, stages=tuple(_common.split_stages(args.stage)))
+               level=args.level, stages=tuple(_common.split_stages(args.stage)),
+               allow_python_layers=getattr(args, "allow_python_layers", False))
 
 
 def run(args, out=print, make_net=None):

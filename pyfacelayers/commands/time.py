@@ -17,6 +17,7 @@ def register(subparsers):
     p.add_argument("--phase", choices=["TRAIN", "TEST"], default="TRAIN")
     p.add_argument("--level", type=int, default=0, help="NetState level")
     p.add_argument("--stage", action="append", help="NetState stage(s)")
+    _common.add_python_layer_argument(p)
     p.add_argument("--weights", help="optional .caffemodel (random weights otherwise)")
     p.set_defaults(func=run)
 
@@ -25,7 +26,8 @@ def _make_net(args):
     from ..net import Net
     from ..proto import caffe_pb2
     return Net(args.model, getattr(caffe_pb2, args.phase), weights=args.weights,
-               level=args.level, stages=tuple(_common.split_stages(args.stage)))
+               level=args.level, stages=tuple(_common.split_stages(args.stage)),
+               allow_python_layers=getattr(args, "allow_python_layers", False))
 
 
 def _timed(fn):

@@ -40,6 +40,7 @@ def register(subparsers):
     p.add_argument("--stage", action="append", help="the train net's NetState stage(s)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="the nets' Dtype (default float32)")
+    _common.add_python_layer_argument(p)
     p.set_defaults(func=run)
 
 
@@ -134,7 +135,8 @@ def run(args, stream=None):
     try:
         device = _common.select_device(args.gpu, param)
         log.info("Using %s", device)
-        solver = get_solver(param, source=args.solver, dtype=np.dtype(args.dtype))
+        solver = get_solver(param, source=args.solver, dtype=np.dtype(args.dtype),
+                            allow_python_layers=getattr(args, "allow_python_layers", False))
         if args.weights:
             for path in [w for w in args.weights.split(",") if w]:
                 log.info("Finetuning from %s", path)

@@ -1,29 +1,65 @@
 """Binary protobuf files: .caffemodel (NetParameter), .binaryproto (BlobProto, e.g. a
 mean image) and .solverstate (SolverState). Writes are atomic."""
 
+import mmap
 import os
 
 from google.protobuf.message import DecodeError
 
-from ..errors import FormatError
+from .. import limits
+from ..errors import FormatError, ResourceLimitError
 from ..proto import caffe_pb2
 from .atomic import atomic_write
 from .blobs import array_to_blob, blob_to_array
 from .upgrade import upgrade_net
 
+# protobuf parses at most 2 GiB - 1 bytes as one message.
+PROTOBUF_LIMIT = (1 << 31) - 1
+# Files at least this large are parsed one top-level sub-message at a time (each
+# layer of a caffemodel, each history blob of a solverstate), so that a file over
+# protobuf's limit still reads as long as each of those parts is under it.
+STREAM_THRESHOLD = 1 << 30
+# The repeated message fields read one by one: field number -> field name.
+_SPLIT_FIELDS = {
+    caffe_pb2.NetParameter: {100: "layer", 2: "layers"},
+    caffe_pb2.SolverState: {3: "history"},
+    caffe_pb2.LayerParameter: {7: "blobs"},
+    caffe_pb2.V1LayerParameter: {6: "blobs"},
+}
 
-def _read_bytes(path, what):
+
+def _open_checked(path, what):
+    """The file mapped read-only, after the checks that need no reading: exists, not
+    empty, not larger than the memory limit, not text."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError("no such file: %s" % path)
-    with open(path, "rb") as f:
-        raw = f.read()
-    if not raw:
+    size = os.stat(path).st_size
+    if size == 0:
         raise FormatError("the file is empty, expected a binary %s" % what, path)
-    if _looks_like_text(raw):
+    limit = limits.memory_limit()
+    if limit is not None and size > limit:
+        raise ResourceLimitError(
+            "%s: the %s is %s (%d bytes), over the memory limit of %s (%s) that reading it "
+            "would need; refused before reading. If the file is right, set %s to a larger "
+            "size (e.g. 64G)." % (path, what, limits.format_bytes(size), size,
+                                  limits.format_bytes(limit), limits.limit_source(),
+                                  limits.ENV_VAR), requested=size, limit=limit)
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if _looks_like_text(mapped[:4096]):
+        mapped.close()
         raise FormatError("this is a text file, expected a binary %s "
                           "(is it a .prototxt?)" % what, path)
-    return raw
+    return mapped
+
+
+def _read_bytes(path, what):
+    mapped = _open_checked(path, what)
+    try:
+        return mapped[:]
+    finally:
+        mapped.close()
 
 
 def _looks_like_text(raw):
@@ -37,12 +73,101 @@ def _looks_like_text(raw):
 
 
 def read_binary_proto(path, message_class, what):
-    raw = _read_bytes(path, what)
+    mapped = _open_checked(path, what)
+    try:
+        if len(mapped) >= STREAM_THRESHOLD:
+            return parse_in_parts(mapped, message_class, what, path)
+        raw = mapped[:]
+    finally:
+        mapped.close()
     message = message_class()
     try:
         message.ParseFromString(raw)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise FormatError("truncated or corrupt %s (%s)" % (what, exc), path) from None
+    return message
+
+
+def _varint(buf, pos, end):
+    value = shift = 0
+    while True:
+        if pos >= end:
+            raise ValueError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
+
+
+def parse_in_parts(buf, message_class, what, path=None, start=0, end=None):
+    """Parse ``buf[start:end]`` (bytes, or an mmap) as ``message_class`` without handing
+    protobuf more than one part at a time: each element of the repeated fields in
+    _SPLIT_FIELDS is parsed on its own (recursively when it is itself over the limit),
+    the remaining fields together. Gives the same message as ParseFromString."""
+    end = len(buf) if end is None else end
+    split = _SPLIT_FIELDS.get(message_class, {})
+    message, rest = message_class(), bytearray()
+    name = message_class.DESCRIPTOR.name
+    counts = {}
+    pos = start
+    while pos < end:
+        field_start = pos
+        try:
+            key, pos = _varint(buf, pos, end)
+            number, wire = key >> 3, key & 7
+            if number == 0:
+                raise ValueError("field number 0")
+            if wire == 0:
+                _, pos = _varint(buf, pos, end)
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            elif wire == 2:
+                length, pos = _varint(buf, pos, end)
+                body, pos = pos, pos + length
+            else:
+                raise ValueError("unsupported wire type %d" % wire)
+            if pos > end:
+                raise ValueError("a field runs past the end of the data")
+        except ValueError as exc:
+            raise FormatError("truncated or corrupt %s: %s at byte %d (in a %s)"
+                              % (what, exc, field_start, name), path) from None
+        if wire != 2 or number not in split:
+            rest += buf[field_start:pos]
+            continue
+        field = split[number]
+        index = counts.get(field, 0)
+        counts[field] = index + 1
+        target = getattr(message, field).add()
+        part_class = type(target)
+        label = "%s.%s[%d] (at byte %d, %d bytes)" % (name, field, index, body, length)
+        if length > PROTOBUF_LIMIT:
+            if part_class not in _SPLIT_FIELDS:
+                raise FormatError(
+                    "%s is over protobuf's 2 GiB limit for one message and cannot be read"
+                    % label, path)
+            target.CopyFrom(parse_in_parts(buf, part_class, what, path, body, pos))
+            continue
+        try:
+            target.ParseFromString(bytes(buf[body:pos]))
+        except (DecodeError, RuntimeError, ValueError) as exc:
+            raise FormatError("truncated or corrupt %s: %s: %s" % (what, label, exc),
+                              path) from None
+    if len(rest) > PROTOBUF_LIMIT:
+        raise FormatError("the fields of a %s other than %s take %d bytes, over protobuf's "
+                          "2 GiB limit" % (name, ", ".join(split.values()) or "-",
+                                           len(rest)), path)
+    others = message_class()
+    try:
+        others.ParseFromString(bytes(rest))
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise FormatError("truncated or corrupt %s (%s)" % (what, exc), path) from None
+    message.MergeFrom(others)
     return message
 
 

@@ -1,5 +1,7 @@
 """BlobProto <-> numpy, with Caffe's legacy 4-D (num, channels, height, width) shapes."""
 
+import math
+
 import numpy as np
 
 from ..proto import caffe_pb2
@@ -23,14 +25,18 @@ def blob_to_array(blob, dtype=None, diff=False):
     """
     single, double = (blob.diff, blob.double_diff) if diff else (blob.data, blob.double_data)
     shape = blob_shape(blob)
-    if len(double) > 0 and len(single) == 0:
-        values = np.array(double, dtype=np.float64)
-    else:
-        values = np.array(single, dtype=np.float32)
-    count = int(np.prod(shape, dtype=np.int64))
-    if values.size != count:
-        raise ValueError("blob holds %d values but its shape %s needs %d"
-                         % (values.size, shape, count))
+    if any(d < 0 for d in shape):
+        raise ValueError("blob shape %s has a negative dimension" % (shape,))
+    # Checked before converting: the stored length must be the shape's count exactly.
+    count = math.prod(shape)  # Python ints: no overflow for absurd dimensions
+    use_double = len(double) > 0 and len(single) == 0
+    stored = len(double) if use_double else len(single)
+    if stored != count:
+        field = ("double_" if use_double else "") + ("diff" if diff else "data")
+        raise ValueError("blob holds %d values in %s but its shape %s needs %d"
+                         % (stored, field, shape, count))
+    values = np.array(double if use_double else single,
+                      dtype=np.float64 if use_double else np.float32)
     values = values.reshape(shape)
     return values if dtype is None else values.astype(dtype, copy=False)
 

@@ -5,7 +5,8 @@ import re
 
 from google.protobuf import text_format
 
-from ..errors import FormatError
+from .. import limits
+from ..errors import FormatError, ResourceLimitError
 from ..proto import caffe_pb2
 from .atomic import atomic_write
 from .upgrade import upgrade_net, upgrade_solver
@@ -18,8 +19,20 @@ def read_text_file(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError("no such file: %s" % path)
+    size = os.stat(path).st_size
+    limit = limits.memory_limit()
+    if limit is not None and size > limit:
+        raise ResourceLimitError(
+            "%s: the text file is %s, over the memory limit of %s (%s) that parsing it "
+            "would need; refused before reading. If the file is right, raise the limit "
+            "with %s" % (path, limits.format_bytes(size), limits.format_bytes(limit),
+                         limits.limit_source(), limits.ENV_VAR), requested=size, limit=limit)
     with open(path, "rb") as f:
-        raw = f.read()
+        head = f.read(4096)
+        if b"\x00" in head:  # binary: say so before reading the rest
+            raw = head
+        else:
+            raw = head + f.read()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -11,8 +11,11 @@ im2col into a (C*kh*kw, n, OH*OW) column buffer, so that one matmul per group co
 the whole chunk. Chunks keep that buffer under COL_BUFFER_ELEMENTS.
 """
 
+import math
+
 import numpy as np
 
+from .. import limits
 from ..backend import array_module
 from ._vision_kernels import col2im, conv_out_size, im2col
 from ._vision_util import new_param_blob, wants_param_grad
@@ -144,6 +147,7 @@ class ConvolutionBase(Layer):
         top_shape = tuple(first[:self.channel_axis]) + (self.num_output,) + tuple(out_spatial)
         for t in top:
             t.reshape(top_shape)
+        self._check_column_buffer(top[0])
         # The view the kernels work on: (1, L) for one spatial axis, so that it takes
         # the fast 2-D kernel; as given for two or more.
         lead = max(0, 2 - self.num_spatial_axes)
@@ -151,6 +155,20 @@ class ConvolutionBase(Layer):
         self.p2 = (0,) * lead + tuple(self.pad)
         self.s2 = (1,) * lead + tuple(self.stride)
         self.d2 = (1,) * lead + tuple(self.dilation)
+
+    def _check_column_buffer(self, blob):
+        """Refuse (ResourceLimitError) a kernel whose im2col buffer for even one image
+        would pass the memory limit: a huge kernel can do that with a small top."""
+        grid_channels = self.num_output if self.reverse_dimensions else self.channels
+        positions = math.prod(self.in_spatial if self.reverse_dimensions
+                              else self.out_spatial)
+        nbytes = grid_channels * math.prod(self.kernel) * positions * self.dtype.itemsize
+        ledger = getattr(blob, "_ledger", None)
+        limits.check_allocation(
+            nbytes, "the im2col buffer of one image (%d x %d values, kernel %s)"
+            % (grid_channels * math.prod(self.kernel), positions, self.kernel),
+            total=ledger.total if ledger else 0, limit=ledger.limit if ledger else None,
+            layer=(self.name, self.type))
 
     def _output_size(self, size, kernel, pad, stride, dilation):
         if self.reverse_dimensions:

@@ -8,11 +8,14 @@ def new_param_blob(layer, shape, filler_param, what):
     """A Blob of ``shape`` in the layer's dtype, filled by ``filler_param``."""
     from ..fillers import fill
 
+    # The blob first: its size is checked against the memory limit before the
+    # filler allocates its values.
+    label = "param %d (%s)" % (len(layer.blobs or ()), what.replace("_filler", "") or "param")
+    blob = Blob(shape, dtype=layer.dtype, label=label)
     try:
         values = fill(filler_param, shape, layer.dtype, layer.rng)
     except ValueError as exc:
         raise layer.error("%s: %s" % (what, exc)) from None
-    blob = Blob(shape, dtype=layer.dtype)
     blob.data = values  # the setter moves host values to the device (cupy refuses [...] =)
     return blob
 

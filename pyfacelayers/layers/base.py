@@ -29,9 +29,14 @@ def layer_class(type_name, layer_name="?"):
                          % (type_name, ", ".join(registered_types()))) from None
 
 
-def create_layer(param, phase=caffe_pb2.TRAIN, dtype=np.float32, rng=None):
-    """Build the layer described by a LayerParameter."""
-    return layer_class(param.type, param.name)(param, phase=phase, dtype=dtype, rng=rng)
+def create_layer(param, phase=caffe_pb2.TRAIN, dtype=np.float32, rng=None,
+                 allow_python=False):
+    """Build the layer described by a LayerParameter. ``allow_python``: the caller
+    opted in to Caffe ``Python`` layers (which import and run user code)."""
+    cls = layer_class(param.type, param.name)
+    if getattr(cls, "runs_user_code", False):
+        return cls(param, phase=phase, dtype=dtype, rng=rng, allow=allow_python)
+    return cls(param, phase=phase, dtype=dtype, rng=rng)
 
 
 class Layer:
@@ -41,6 +46,9 @@ class Layer:
     ``backward`` run per batch. ``self.blobs`` holds the learnable parameters, in
     Caffe's order. Subclasses set ``type`` (the Caffe type string) and may set the
     bottom/top count limits below, which ``setup`` checks.
+
+    Exported as ``pyfacelayers.Layer``: also the base class of user-written Caffe
+    ``Python`` layers, as pycaffe's ``caffe.Layer`` (see layers/python_layer.py).
     """
 
     type = None

@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 
+from .. import limits
 from ..proto import caffe_pb2
 from ..transform import DataTransformer
 from .base import Layer, register
@@ -426,7 +427,16 @@ class HDF5DataLayer(_DataLayer):
                 if name not in handle:
                     raise self.error("HDF5 file %s has no dataset \"%s\" (datasets are named "
                                      "by the tops)" % (path, name))
-                array = np.asarray(handle[name][()])
+                dataset = handle[name]
+                # Sized before reading: a dataset cannot ask for more than the limit.
+                shape = tuple(getattr(dataset, "shape", None) or ())
+                itemsize = getattr(getattr(dataset, "dtype", None), "itemsize", 0) or 0
+                limits.check_allocation(
+                    limits.array_bytes(shape, itemsize) + limits.array_bytes(
+                        shape, self.dtype.itemsize),
+                    'HDF5 dataset "%s" of %s, shape %s' % (name, path, shape),
+                    layer=(self.name, self.type))
+                array = np.asarray(dataset[()])
                 if array.ndim < 1 or array.dtype.kind not in "fiub":
                     raise self.error("dataset \"%s\" of %s must be a numeric array of at least "
                                      "1 axis, got %s %s" % (name, path, array.dtype, array.shape))

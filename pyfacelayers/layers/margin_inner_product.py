@@ -163,7 +163,7 @@ class MarginInnerProduct(Layer):
                 raise self.error("weight blob has shape %s, expected (%d, %d)"
                                  % (self.blobs[0].shape, n, k))
         else:
-            weight = Blob((n, k), dtype=self.dtype)
+            weight = Blob((n, k), dtype=self.dtype, label="param 0 (weight)")
             if p.HasField("weight_filler"):
                 from ..fillers import fill  # lazy: fillers is its own module
                 # The setter moves host values to the device (cupy refuses [...] = numpy).

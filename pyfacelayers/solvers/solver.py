@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .. import backend
+from .. import backend, limits
 from ..proto import caffe_pb2
 from . import snapshot as snap
 from ..fileio import read_net, read_solver
@@ -28,10 +28,12 @@ log = logging.getLogger("pyfacelayers")
 TRAIN_NET_FIELDS = ("net", "net_param", "train_net", "train_net_param")
 
 
-def make_net(net_param, phase, level=0, stages=(), dtype=np.float32, seed=None):
+def make_net(net_param, phase, level=0, stages=(), dtype=np.float32, seed=None,
+             allow_python_layers=False):
     """Build a Net (pyfacelayers.net.Net); tests replace this with a fake net."""
     from ..net import Net
-    return Net(net_param, phase, level=level, stages=tuple(stages), dtype=dtype, seed=seed)
+    return Net(net_param, phase, level=level, stages=tuple(stages), dtype=dtype, seed=seed,
+               allow_python_layers=allow_python_layers)
 
 
 def _fmt(value):
@@ -45,12 +47,14 @@ class Solver:
     ``solver`` is a SolverParameter, a solver .prototxt path or prototxt text.
     ``dtype`` is the nets' Dtype (float32 default, float64 supported). ``source``:
     the solver file a SolverParameter came from (relative net paths are also looked
-    up next to it).
+    up next to it). ``allow_python_layers``: let the nets build Caffe ``Python``
+    layers (refused by default; see pyfacelayers.layers.python_layer).
     """
 
     rule_class = None
 
-    def __init__(self, solver, dtype=np.float32, net_factory=None, source=None):
+    def __init__(self, solver, dtype=np.float32, net_factory=None, source=None,
+                 allow_python_layers=False):
         if isinstance(solver, caffe_pb2.SolverParameter):
             self.param = caffe_pb2.SolverParameter()
             self.param.CopyFrom(solver)
@@ -60,6 +64,7 @@ class Solver:
             self.param = read_solver(solver)
         self._where = "solver %s" % (self._source or "(SolverParameter)")
         self.dtype = np.dtype(dtype)
+        self.allow_python_layers = bool(allow_python_layers)
         self._net_factory = net_factory or (lambda *a, **k: make_net(*a, **k))
         self.rule = self.rule_class(self.param)
         self._check_param()
@@ -85,6 +90,13 @@ class Solver:
         self.test_nets = self._init_test_nets(seed)
         log.info("Solver scaffolding done.")
         params = self.net.learnable_params
+        # The update rule's history (1 to 3 copies of the parameters) joins the train
+        # net's arrays under the memory limit, checked before it is allocated.
+        limits.check_allocation(
+            self.rule.history_sets * sum(int(p.data.nbytes) for p in params),
+            "the %s solver's history (%d x the learnable parameters)"
+            % (self.type, self.rule.history_sets),
+            total=int(getattr(self.net, "memory_bytes", 0) or 0))
         self.history = [self._zeros_like(p) for _ in range(self.rule.history_sets) for p in params]
 
     # -- set-up and validation ------------------------------------------------------
@@ -177,8 +189,10 @@ class Solver:
         return self._make(net_param, state, seed)
 
     def _make(self, net_param, state, seed):
+        extra = {"allow_python_layers": True} if self.allow_python_layers else {}
         return self._net_factory(net_param, state.phase, level=state.level,
-                                 stages=tuple(state.stage), dtype=self.dtype, seed=seed)
+                                 stages=tuple(state.stage), dtype=self.dtype, seed=seed,
+                                 **extra)
 
     def _test_net_count(self):
         """How many test nets the solver defines (Caffe's InitTestNets rules)."""
