@@ -174,7 +174,7 @@ def load_reference(source):
                                "tools/dump_caffe_blobs.py)" % (path, FORMAT))
         try:
             meta = json.loads(str(z["meta_json"]))
-        except ValueError as exc:
+        except ValueError as exc:  # not JSON, or an object array (pickle)
             raise CompareError("%s: meta_json is not JSON (%s)" % (path, exc)) from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CompareError("%s: meta_json format is %r, expected %r" % (
@@ -182,7 +182,14 @@ def load_reference(source):
         if int(meta.get("format_version", 1)) > FORMAT_VERSION:
             raise CompareError("%s: format_version %s is newer than this pyfacelayers "
                                "reads (%d)" % (path, meta["format_version"], FORMAT_VERSION))
-        arrays = OrderedDict((k, z[k]) for k in z.files if k != "meta_json")
+        arrays = OrderedDict()
+        for key in z.files:
+            if key != "meta_json":
+                try:
+                    arrays[key] = z[key]
+                except ValueError as exc:  # object arrays: we never unpickle
+                    raise CompareError("%s: array %s cannot be read without pickle (%s)"
+                                       % (path, key, exc)) from None
     return Reference(meta, arrays, path)
 
 
@@ -494,8 +501,15 @@ class Report:
         for note in self.notes:
             lines.append("note: " + note)
         if self.absent:
-            shown = ", ".join(self.absent[:12]) + (" ..." if len(self.absent) > 12 else "")
-            lines.append("not in reference (%d): %s" % (len(self.absent), shown))
+            kinds = OrderedDict()
+            for key in self.absent:
+                kind = key.split("/", 1)[0] + ("@" if "@" in key else "")
+                kinds[kind] = kinds.get(kind, 0) + 1
+            lines.append("not in reference: %d arrays (%s)%s" % (
+                len(self.absent), ", ".join("%s %d" % kv for kv in kinds.items()),
+                "" if show_absent else "; --all lists them"))
+            if show_absent:
+                lines.append("  " + " ".join(self.absent))
         if self.passed:
             lines.append("PASS: %d arrays within %g of the reference" % (self.compared,
                                                                            self.tolerance))
@@ -613,15 +627,15 @@ def compare_net(model, weights, reference, inputs=None, backward=None, top_diff=
                                "(--input) the Caffe run used")
     elif not isinstance(inputs, dict):
         inputs = load_inputs(inputs, list(net.inputs), shapes, mean, scale)
-    missing = [n for n in net.inputs if n not in inputs]
-    if missing:
-        raise CompareError("no value for input blob(s) %s (neither --input nor the "
-                           "reference has it)" % ", ".join(missing))
     unknown = [n for n in inputs if n not in net.blobs or n not in net.inputs]
     if unknown:
         raise CompareError("input(s) %s are not input blobs of the net (inputs: %s); is "
                            "the reference from another net?" % (
                                ", ".join(unknown), ", ".join(net.inputs) or "none"))
+    missing = [n for n in net.inputs if n not in inputs]
+    if missing:
+        raise CompareError("no value for input blob(s) %s (neither --input nor the "
+                           "reference has it)" % ", ".join(missing))
     if backward is None:
         backward = any(k.startswith(("diff/", "param_diff/")) for k in ref.bases())
     if backward and top_diff is None and not any(w for w in net.blob_loss_weights.values()):
