@@ -337,6 +337,28 @@ def capture(net, inputs, backward=False, top_diff=None):
     return arrays, info
 
 
+def expected_keys(net, backward):
+    """Every key :func:`capture` writes for this net (without running it)."""
+    layers = net_structure(net)
+    writers, readers = _writers(layers)
+    keys = {"input/" + n for n in net.inputs} | {"data/" + b for b in net.blobs}
+    for i, layer in enumerate(layers):
+        keys |= {make_key("data", t, layer["name"]) for t in layer["tops"]
+                 if writers[t][-1] != i}
+        if layer["type"] == "MarginInnerProduct":
+            keys |= {"lambda/" + layer["name"], "iter/" + layer["name"]}
+        if backward:
+            keys |= {make_key("diff", b, layer["name"]) for b in layer["bottoms"]
+                     if readers[b][0] != i}
+    for name, params in net.params.items():
+        keys |= {make_key("param", name, k) for k in range(len(params))}
+        if backward:
+            keys |= {make_key("param_diff", name, k) for k in range(len(params))}
+    if backward:
+        keys |= {"diff/" + b for b in net.blobs}
+    return keys
+
+
 def _set_top_diffs(net, top_diff):
     has_loss = any(w for w in net.blob_loss_weights.values())
     if top_diff:
@@ -594,7 +616,8 @@ def compare_net(model, weights, reference, inputs=None, backward=None, top_diff=
                 phase=None, tolerance=DEFAULT_TOLERANCE, dtype=None, gpu=None,
                 sync_iteration=True, level=0, stages=(), mean=127.5, scale=0.0078125):
     """Run ``model`` with ``weights`` here as the reference's Caffe run did and compare
-    every array the reference holds. ``reference``: path or :class:`Reference`.
+    every array the reference holds. ``model``: a prototxt (or a built :class:`Net`,
+    then ``weights`` is unused). ``reference``: path or :class:`Reference`.
     ``inputs``: None (use the reference's ``input/*``), a dict {blob: array} or a path
     (see :func:`load_inputs`). ``backward``: None follows the reference (Backward when
     it holds diffs). ``top_diff``: {blob: array} or an .npz path for nets without a
@@ -612,11 +635,29 @@ def compare_net(model, weights, reference, inputs=None, backward=None, top_diff=
     dtype = np.dtype(dtype or meta.get("dtype") or "float32")
     if gpu is not None:
         _common.select_device(gpu)
-    net = Net(model, phase_value, weights=weights, dtype=dtype, level=level,
-              stages=tuple(stages), seed=0)
+    if isinstance(model, Net):  # already built (and weighted) by the caller
+        net = model
+    else:
+        net = Net(model, phase_value, weights=weights, dtype=dtype, level=level,
+                  stages=tuple(stages), seed=0)
     if meta.get("net_name") and net.name and meta["net_name"] != net.name:
         notes.append('the reference is of net "%s", the model is "%s"'
                      % (meta["net_name"], net.name))
+    # Arrays of the reference this net does not have: another net, or a wrong name.
+    if backward is None:
+        backward = any(k.startswith(("diff/", "param_diff/")) for k in ref.bases())
+    expected = expected_keys(net, backward)
+    foreign = sorted(b for b in ref.bases() if b not in expected)
+    if foreign:
+        shown = ", ".join(foreign[:8]) + (" ..." if len(foreign) > 8 else "")
+        if not backward and all(b.startswith(("diff/", "param_diff/")) for b in foreign):
+            notes.append("the reference holds diffs; run with backward to compare them")
+        else:
+            raise CompareError(
+                "%d array(s) of the reference are not in this net: %s (is the reference "
+                "from another net or phase? reference net %r, phase %s; this net %r, "
+                "phase %s)" % (len(foreign), shown, meta.get("net_name") or meta.get("model"),
+                               meta.get("phase"), net.name, caffe_pb2.Phase.Name(phase_value)))
     # Inputs: given, else the reference's.
     ref_inputs = {k[len("input/"):]: v for k, v in ref.full.items() if k.startswith("input/")}
     shapes = {n: net.blobs[n].shape for n in net.inputs}
@@ -636,8 +677,6 @@ def compare_net(model, weights, reference, inputs=None, backward=None, top_diff=
     if missing:
         raise CompareError("no value for input blob(s) %s (neither --input nor the "
                            "reference has it)" % ", ".join(missing))
-    if backward is None:
-        backward = any(k.startswith(("diff/", "param_diff/")) for k in ref.bases())
     if backward and top_diff is None and not any(w for w in net.blob_loss_weights.values()):
         top_diff = {n: ref.full["diff/" + n] for n in net.outputs if "diff/" + n in ref.full}
     elif isinstance(top_diff, (str, os.PathLike)):
@@ -646,18 +685,6 @@ def compare_net(model, weights, reference, inputs=None, backward=None, top_diff=
     _sync_iterations(net, ref, notes, sync_iteration)
     arrays, info = capture(net, inputs, backward=backward, top_diff=top_diff)
 
-    # Arrays of the reference this net does not have: another net, or a wrong name.
-    foreign = sorted(b for b in ref.bases() if b not in arrays)
-    if foreign:
-        shown = ", ".join(foreign[:8]) + (" ..." if len(foreign) > 8 else "")
-        if not backward and all(b.startswith(("diff/", "param_diff/")) for b in foreign):
-            notes.append("the reference holds diffs; run with backward to compare them")
-        else:
-            raise CompareError(
-                "%d array(s) of the reference are not in this net: %s (is the reference "
-                "from another net or phase? reference net %r, phase %s; this net %r, "
-                "phase %s)" % (len(foreign), shown, meta.get("net_name") or meta.get("model"),
-                               meta.get("phase"), net.name, caffe_pb2.Phase.Name(phase_value)))
     rows = _rows_in_order(info["layers"], arrays, net, backward)
     for row in rows:
         if ref.has(row.key):

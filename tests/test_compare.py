@@ -184,17 +184,21 @@ def test_b3_sphereface20_deploy_passes(tmp_path):
                                "B3_sphereface20_deploy.npz"))
     model = shared_path("nets", "sphereface", "sphereface_deploy.prototxt")
     net = caffe.Net(model, caffe.TEST, seed=0)
-    set_recipe_weights(net, meta["param_recipe"])
-    weights = str(tmp_path / "recipe.caffemodel")
-    net.save(weights)
+    set_recipe_weights(net, meta["param_recipe"])  # (a 90 MB caffemodel otherwise)
     recipe = meta["input_recipe"]
     np.testing.assert_array_equal(
         portable_values(recipe["shape"], recipe["seed"], recipe["scale"]), z["input_data"])
     ref = fixture_to_reference(z, {"phase": "TEST"}, str(tmp_path / "b3.npz"))
-    code, out = run_cli("--model", model, "--weights", weights, "--reference", ref)
-    assert code == 0, out
-    assert "(sum)" in out  # the four summaries were compared as summaries
-    assert "PASS: 6 arrays" in out
+    report = C.compare_net(net, None, ref)
+    text = report.format_table()
+    assert report.passed and report.compared == 6, text
+    assert sum(r.summary for r in report.rows) == 4  # res2_3 ... res4_3 as summaries
+    assert "PASS: 6 arrays" in text
+    # a fault in the last residual block shows first at res4_3, not before
+    net.params["conv4_3"][0].data[...] *= 1.01
+    report = C.compare_net(net, None, ref)
+    assert report.first_failure.key == "data/res4_3"
+    assert [r.status for r in report.rows if r.status != "absent"][:4] == ["pass"] * 4
 
 
 # -- bad references: clear messages --------------------------------------------------------
@@ -233,13 +237,15 @@ def test_reference_of_another_net(tmp_path):
     z, meta = load(shared_path("fixtures", "caffe-ref", "B3_deploy",
                                "B3_sphereface64_deploy.npz"))
     ref = fixture_to_reference(z, {"phase": "TEST"}, str(tmp_path / "sf64.npz"))
-    model = shared_path("nets", "sphereface", "sphereface_deploy.prototxt")
-    code, out = run_cli("--model", model, "--reference", ref)
-    assert code == 2
-    with pytest.raises(C.CompareError, match=r"not in this net: data/res1_7.*another net"):
-        C.compare_net(model, None, ref)
-    # inputs of another net, and a reference without the net's label input
     model, weights, _ = b1_paths()
+    code, out = run_cli("--model", model, "--weights", weights, "--reference", ref, "--json")
+    assert code == 2 and "not in this net" in json.loads(out)["error"]
+    with pytest.raises(C.CompareError, match=r"4 array.s. of the reference are not in this "
+                                             r"net: data/res1_7, data/res2_15.*another net"):
+        C.compare_net(model, weights, ref)
+    # inputs of another net, and a reference without the net's label input
+    ref = C.load_reference(ref)
+    ref = C.Reference(ref.meta, {k: v for k, v in ref.arrays.items() if "/res" not in k})
     with pytest.raises(C.CompareError, match="image are not input blobs of the net"):
         C.compare_net(model, weights, ref, inputs={"image": np.zeros((1, 3))})
     with pytest.raises(C.CompareError, match="no value for input blob.s. label"):
