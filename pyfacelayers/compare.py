@@ -405,6 +405,17 @@ class Row:
                 "status": self.status, "summary": self.summary, "note": self.note}
 
 
+def json_safe(value):
+    """NaN and infinities as strings, so --json output is strict JSON."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def _errors(ours, ref):
     a = np.asarray(ours, np.float64)
     r = np.asarray(ref, np.float64)
@@ -489,12 +500,12 @@ class Report:
         first = self.first_failure
         return {"passed": self.passed, "tolerance": self.tolerance,
                 "compared": self.compared, "failed": len(self.failures),
-                "first_failure": None if first is None else dict(
-                    first.to_dict(), where=self.where(first)),
+                "first_failure": None if first is None else json_safe(dict(
+                    first.to_dict(), where=self.where(first))),
                 "not_in_reference": self.absent, "notes": self.notes,
                 "reference": {k: self.meta.get(k) for k in (
                     "caffe_version", "model", "net_name", "phase", "dtype", "tool")},
-                "rows": [r.to_dict() for r in self.rows]}
+                "rows": [json_safe(r.to_dict()) for r in self.rows]}
 
     def format_table(self, show_absent=False):
         lines = []
@@ -682,6 +693,9 @@ def compare_net(model, weights, reference, inputs=None, backward=None, top_diff=
     elif isinstance(top_diff, (str, os.PathLike)):
         with np.load(top_diff, allow_pickle=False) as z:
             top_diff = {k: z[k] for k in z.files}
+    if backward and not any(k.startswith(("diff/", "param_diff/")) for k in ref.bases()):
+        notes.append("the reference holds no diffs (dump it with --backward to compare "
+                     "Backward)")
     _sync_iterations(net, ref, notes, sync_iteration)
     arrays, info = capture(net, inputs, backward=backward, top_diff=top_diff)
 

@@ -424,3 +424,38 @@ def test_dump_script_image_list_and_errors(tmp_path):
     done = _run_dump(tmp_path, "--model", model, "--weights", weights, "--phase", "TRAIN",
                      "--out", out)
     assert done.returncode != 0 and "give --input" in done.stderr
+
+
+# -- pieces -------------------------------------------------------------------------------
+def test_keys_and_errors():
+    assert C.split_key("data/conv1@relu1#vals") == ("data", "conv1", "relu1", "vals")
+    assert C.split_key("param_diff/inception/3x3/1") == ("param_diff", "inception/3x3", 1,
+                                                         None)
+    assert C.split_key("data/a/b") == ("data", "a/b", None, None)
+    for bad in ("data", "blob/x", "param/x/y", "data/x#mean"):
+        with pytest.raises(ValueError):
+            C.split_key(bad)
+    ref = np.array([3.0, 4.0, np.nan])
+    assert C._errors(np.array([3.0, 4.0, np.nan]), ref) == (0.0, 0.0)
+    max_abs, rel = C._errors(np.array([3.0, 4.5, np.nan]), ref)
+    assert max_abs == 0.5 and rel == pytest.approx(0.1)
+    assert C._errors(np.array([3.0, 4.0, 1.0]), ref)[1] == float("inf")
+    assert C._errors(np.zeros(2), np.zeros(2)) == (0.0, 0.0)
+    assert C._errors(np.array([1e-6, 0]), np.zeros(2))[1] == pytest.approx(1e-6)
+
+
+def test_summary_of_a_blob_of_another_size_is_a_shape_row(b1_reference, tmp_path):
+    model, weights, _ = b1_paths()
+    ref = C.load_reference(b1_reference)
+    arrays = dict(ref.arrays)
+    values = np.arange(10.0)
+    sums, idx, vals = C._summary(values)
+    arrays.update({"data/res2_3#sum_sumsq": sums, "data/res2_3#idx": idx,
+                   "data/res2_3#vals": vals})
+    del arrays["data/res2_3"]
+    path = str(tmp_path / "summary.npz")
+    C.save_reference(path, ref.meta, arrays)
+    report = C.compare_net(model, weights, path)
+    row = report.first_failure
+    assert row.key == "data/res2_3" and row.status == "SHAPE" and row.summary
+    assert "another size" in row.note

@@ -118,6 +118,13 @@ def margin_settings(param):
     return out
 
 
+def has_loss(net, layers):
+    weights = getattr(net, "blob_loss_weights", None)  # pycaffe since 2015
+    if weights is not None:
+        return any(w for w in weights.values())
+    return any(layer["type"].endswith("Loss") for layer in layers)
+
+
 def dump(args):
     import caffe
     if args.gpu is not None:
@@ -190,9 +197,14 @@ def dump(args):
         if args.top_diff:
             with np.load(args.top_diff, allow_pickle=False) as z:
                 for name in z.files:
+                    if name not in net.blobs:
+                        sys.exit("%s: no blob %r in the net" % (args.top_diff, name))
+                    if z[name].shape != net.blobs[name].diff.shape:
+                        sys.exit("%s: %s has shape %s, the blob %s" % (
+                            args.top_diff, name, z[name].shape, net.blobs[name].diff.shape))
                     net.blobs[name].diff[...] = z[name]
             backward_from = "top_diff"
-        elif any(w for w in net.blob_loss_weights.values()):
+        elif has_loss(net, layers):
             backward_from = "loss"
         else:
             sys.exit("the net has no loss: give --top-diff (an .npz with one array per "
