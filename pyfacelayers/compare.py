@@ -471,8 +471,9 @@ class Report:
     ``first_failure`` (a Row or None), ``notes``, ``absent`` (net arrays the reference
     does not hold)."""
 
-    def __init__(self, rows, tolerance, notes, meta):
+    def __init__(self, rows, tolerance, notes, meta, layers=None):
         self.rows, self.tolerance, self.notes, self.meta = rows, tolerance, notes, meta
+        self.layers = layers or []
         compared = [r for r in rows if r.status != "absent"]
         self.compared = len(compared)
         self.failures = [r for r in compared if r.failed]
@@ -490,11 +491,34 @@ class Report:
             return "input of the net"
         what = {"forward": "top of layer", "backward": "Backward of layer",
                 "param": "parameter of layer", "param_diff": "Backward of layer"}[row.section]
+        if row.key.startswith(("lambda/", "iter/")):
+            what = "lambda of layer"
         chain = getattr(row, "unresolved_chain", None)
         if chain:  # the reference has only the end of an in-place chain
             return "%s %s (in place; the reference holds only the last value)" % (
                 what, " -> ".join('"%s" (%s)' % c for c in chain))
         return '%s "%s" (%s)' % (what, row.layer, row.layer_type)
+
+    def suspects(self, row):
+        """Layers (Split layers left out) that ran between the last passing array before
+        ``row`` and ``row``: where the fault is when the reference holds no array in
+        between (a partial reference). One layer when the fault is pinned."""
+        if row.layer is None or not self.layers:
+            return []
+        index = {l["name"]: i for i, l in reversed(list(enumerate(self.layers)))}
+        here = index[row.layer]
+        before = [r for r in self.rows[:self.rows.index(row)]
+                  if r.status == "pass" and r.layer is not None]
+        if row.section in ("backward", "param_diff"):
+            # A right bottom diff clears its layer; a right parameter diff clears only
+            # the layer's top diff (its bottom diff is computed apart).
+            bounds = [index[r.layer] if r.section == "backward" else index[r.layer] + 1
+                      for r in before if r.section in ("backward", "param_diff")]
+            span = range(here, min(bounds) if bounds else len(self.layers))
+        else:  # a right top clears its layer and the ones before
+            bounds = [index[r.layer] for r in before if r.section == "forward"]
+            span = range(max(bounds) + 1 if bounds else 0, here + 1)
+        return [self.layers[i]["name"] for i in span if self.layers[i]["type"] != "Split"]
 
     def to_dict(self):
         first = self.first_failure
@@ -502,6 +526,7 @@ class Report:
                 "compared": self.compared, "failed": len(self.failures),
                 "first_failure": None if first is None else json_safe(dict(
                     first.to_dict(), where=self.where(first))),
+                "suspect_layers": self.suspects(first) if first is not None else [],
                 "not_in_reference": self.absent, "notes": self.notes,
                 "reference": {k: self.meta.get(k) for k in (
                     "caffe_version", "model", "net_name", "phase", "dtype", "tool")},
@@ -511,7 +536,8 @@ class Report:
         lines = []
         m = self.meta
         lines.append("reference: Caffe %s, net %s, phase %s, %s" % (
-            m.get("caffe_version", "?"), m.get("net_name") or m.get("model") or "?",
+            m.get("caffe_version", "(not recorded)"),
+            m.get("net_name") or m.get("model") or "(not recorded)",
             m.get("phase", "?"), m.get("dtype", "float32")))
         head = "%-44s %-18s %12s %12s  %s" % ("blob", "shape", "max abs err", "rel err",
                                              "status")
@@ -554,6 +580,13 @@ class Report:
             lines.append("FAIL: %d of %d arrays over %g; first: %s, %s" % (
                 len(self.failures), self.compared, self.tolerance, first.key,
                 self.where(first)))
+            suspects = self.suspects(first)
+            if len(suspects) > 1:
+                shown = suspects if len(suspects) <= 12 else suspects[:6] + ["..."] + \
+                    suspects[-5:]
+                lines.append("  the reference holds nothing between the last passing array "
+                             "and this one: the fault is in one of the %d layers %s "
+                             "(dump every blob to pin it)" % (len(suspects), ", ".join(shown)))
         return "\n".join(lines)
 
 
@@ -573,9 +606,9 @@ def _rows_in_order(layers, arrays, net, backward):
             key = make_key("param", lname, k)
             if key in arrays:
                 rows.append(Row(key, "param", lname, ltype, arrays[key].shape))
-        for key in ("lambda/" + lname, "iter/" + lname):
+        for key in ("lambda/" + lname, "iter/" + lname):  # layer state, as params
             if key in arrays:
-                rows.append(Row(key, "forward", lname, ltype, arrays[key].shape))
+                rows.append(Row(key, "param", lname, ltype, arrays[key].shape))
         for t in layer["tops"]:
             key = "data/" + t if writers[t][-1] == i else make_key("data", t, lname)
             rows.append(Row(key, "forward", lname, ltype, arrays[key].shape))
@@ -706,7 +739,7 @@ def compare_net(model, weights, reference, inputs=None, backward=None, top_diff=
         elif row.key.startswith("data/") and "@" in row.key:
             row.status = "absent"
     _explain(rows, ref, arrays, notes)
-    report = Report(rows, tolerance, notes, meta)
+    report = Report(rows, tolerance, notes, meta, info["layers"])
     report.ours = info
     return report
 
