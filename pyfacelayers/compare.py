@@ -736,11 +736,9 @@ def compare_net(model, weights, reference, inputs=None, backward=None, top_diff=
     for row in rows:
         if ref.has(row.key):
             _compare_row(row, arrays[row.key], ref, tolerance)
-        elif row.key.startswith("data/") and "@" in row.key:
-            row.status = "absent"
     _explain(rows, ref, arrays, notes)
     report = Report(rows, tolerance, notes, meta, info["layers"])
-    report.ours = info
+    report.net_info = info  # our net's layers, blob order, loss
     return report
 
 
