@@ -496,3 +496,29 @@ def test_a_backward_fault_is_found_at_its_layer(b1_full_dump, b1_reference):
     report = C.compare_net(net, None, b1_reference)
     assert report.first_failure.key == "param_diff/relu3_3/0"
     assert report.suspects(report.first_failure) == ["relu3_3", "res3_3", "conv3_4"]
+
+
+def test_dump_script_top_diff_for_a_net_without_loss(tmp_path):
+    model = str(tmp_path / "small.prototxt")
+    with open(model, "w") as f:
+        f.write(SMALL_NET)
+    weights = str(tmp_path / "small.caffemodel")
+    caffe.Net(model, caffe.TEST, seed=3).save(weights)
+    rng = np.random.default_rng(1)
+    np.save(str(tmp_path / "x.npy"), rng.standard_normal((2, 3)).astype(np.float32))
+    out = str(tmp_path / "ref.npz")
+    common = ["--model", model, "--weights", weights, "--input", str(tmp_path / "x.npy"),
+              "--out", out, "--backward"]
+    done = _run_dump(tmp_path, *common)
+    assert done.returncode != 0 and "no loss: give --top-diff" in done.stderr
+    np.savez(str(tmp_path / "top.npz"), ip=rng.standard_normal((2, 4)).astype(np.float32))
+    done = _run_dump(tmp_path, *common, "--top-diff", str(tmp_path / "top.npz"))
+    assert done.returncode == 0, done.stderr
+    ref = C.load_reference(out)
+    assert ref.meta["backward_from"] == "top_diff" and ref.meta["force_backward"] is True
+    assert "diff/data" in ref.full and "data/ip@ip" in ref.full
+    report = C.compare_net(model, weights, out, top_diff=str(tmp_path / "top.npz"))
+    assert report.passed and not report.absent
+    np.savez(str(tmp_path / "bad.npz"), ip=np.zeros((3, 4), np.float32))
+    done = _run_dump(tmp_path, *common, "--top-diff", str(tmp_path / "bad.npz"))
+    assert done.returncode != 0 and "has shape (3, 4)" in done.stderr
