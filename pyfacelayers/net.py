@@ -273,6 +273,14 @@ class Net:
                 self.layers[i].backward(self._tops[i], self._bottom_need_backward[i],
                                         self._bottoms[i])
 
+    # pycaffe's private bindings (Net::ForwardFromTo / BackwardFromTo by layer index),
+    # which scripts use to run one layer at a time.
+    def _forward(self, start, end):
+        return self.forward_from_to(start, end)
+
+    def _backward(self, start, end):
+        self.backward_from_to(start, end)
+
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """pycaffe's Net.forward: set inputs from kwargs, run, return the outputs
         (plus the blobs named in ``blobs``) as {name: array}."""
