@@ -238,6 +238,8 @@ class ImageDataLayer(_DataLayer):
                              "%d and %d" % (p.new_height, p.new_width))
         self.transformer = self._transformer()
         self.lines = _read_image_list(p.source, self.error)
+        self._listed = self.lines
+        self._order = None  # the shuffled order as list-file line numbers (a tuple)
         if p.shuffle:
             self._shuffle()
         self.line_id = 0
@@ -254,6 +256,37 @@ class ImageDataLayer(_DataLayer):
     def _shuffle(self):
         order = self.rng.permutation(len(self.lines))
         self.lines = [self.lines[i] for i in order]
+        self._order = tuple(line[2] for line in self.lines)
+
+    # -- state (saved with solver snapshots, so a resumed run reads the same images) --
+    def get_state(self):
+        """The next line to read and, when shuffling, the current order (list-file line
+        numbers). The values are never changed in place, so the dict stays valid."""
+        state = {"line_id": int(self.line_id)}
+        if self._order is not None:
+            state["order"] = self._order
+        return state
+
+    def set_state(self, state):
+        """Restore :meth:`get_state`'s dict; the list file must be the same."""
+        if not isinstance(state, dict) or set(state) - {"line_id", "order"}:
+            raise self.error("bad saved state %r: expected keys line_id and order" % (state,))
+        if "order" in state:
+            order = state["order"]
+            by_number = {line[2]: line for line in self._listed}
+            if (not isinstance(order, (list, tuple)) or len(order) != len(by_number)
+                    or set(order) != set(by_number)):
+                raise self.error("the saved image order does not match the %d lines of %s "
+                                 "(was the list edited since the snapshot?)"
+                                 % (len(by_number), self.param.image_data_param.source))
+            self.lines = [by_number[number] for number in order]
+            self._order = tuple(order)
+        line_id = state.get("line_id", self.line_id)
+        if (isinstance(line_id, bool) or not isinstance(line_id, int)
+                or not 0 <= line_id < len(self.lines)):
+            raise self.error("saved line_id %r is not a line of %s (%d lines)"
+                             % (line_id, self.param.image_data_param.source, len(self.lines)))
+        self.line_id = line_id
 
     def _read(self, index):
         p = self.param.image_data_param

@@ -7,7 +7,6 @@ averaged), then ApplyUpdate (clip -> normalise -> regularise -> update rule ->
 ``data -= diff``), and only then ``iter += 1``; snapshots come after the increment.
 """
 
-import copy
 import logging
 import math
 import os
@@ -290,8 +289,10 @@ class Solver:
         self._iterations_last = self.iter
         while self.iter < stop_iter:
             # Kept so that a snapshot taken after an interrupt inside this iteration
-            # (which leaves the weights as they were) resumes it exactly.
-            self._start_states = copy.deepcopy(self._layer_states())
+            # (which leaves the weights as they were) resumes it exactly. No copy is
+            # needed: get_state() and bit_generator.state build new dicts of values
+            # that the layers replace rather than change in place.
+            self._start_states = self._layer_states()
             self.net.clear_param_diffs()
             if (p.test_interval and self.iter % p.test_interval == 0
                     and (self.iter > 0 or p.test_initialization)):
@@ -520,10 +521,14 @@ class Solver:
             raise SolverError("cannot snapshot in the middle of an update")
         model = self.snapshot_filename(".caffemodel")
         log.info("Snapshotting to binary proto file %s", model)
-        snap.write_model(model, self.net.to_proto(write_diff=self.param.snapshot_diff))
+        written = snap.write_model(model, self.net.to_proto(write_diff=self.param.snapshot_diff))
         state_path = self.snapshot_filename(".solverstate")
         log.info("Snapshotting solver state to binary proto file %s", state_path)
-        snap.write_extra(state_path, self._extra_state())
+        # The solverstate goes last: its presence marks the set complete (see
+        # snapshot.latest_snapshot), and the side file records which caffemodel it pairs.
+        extra = self._extra_state()
+        extra["caffemodel"] = written
+        snap.write_extra(state_path, extra)
         snap.write_state(state_path, self.iter, model, self.current_step, self.history)
         self.last_snapshot = (self.iter, state_path)
         return state_path
@@ -557,6 +562,7 @@ class Solver:
         extra = snap.read_extra(path, state.iter)
         if state.HasField("learned_net") and state.learned_net:
             model = snap.resolve_learned_net(path, state.learned_net)
+            snap.check_model(model, extra, path)
             self.net.copy_from(model)
         self.iter = state.iter
         self.current_step = state.current_step
