@@ -22,6 +22,7 @@ every check passes.
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -181,10 +182,22 @@ def check_final_names(folder):
 
 
 def _restored_iterations(log_path):
+    """Per run in the log: the iteration it restored, or None (a run from the start,
+    or one killed before it restored)."""
     with open(log_path, "rb") as f:
         text = f.read().decode("utf-8", "replace")
-    runs = text.split("\n=== ")
-    return [("restored iteration" in run) for run in runs[1:]]
+    found = []
+    for run in text.split("\n=== ")[1:]:
+        match = re.search(r"restored iteration ([0-9]+) from", run)
+        found.append(int(match.group(1)) if match else None)
+    return found
+
+
+def _written_since(path, moment):
+    try:
+        return os.stat(path).st_mtime >= moment - 0.01
+    except OSError:
+        return False
 
 
 def kill_and_resume(folder, kills, seed, first_at, total):
@@ -208,7 +221,7 @@ def kill_and_resume(folder, kills, seed, first_at, total):
         resume_iter = int(snap.read_state(latest).iter) if latest else 0
         if resume_iter >= max_iter:
             break
-        resume_arg = os.path.relpath(latest, folder) if latest else None
+        resume_arg = "latest" if latest else None  # the trainer finds it itself
         resumes += bool(latest)
         killing = len(events) < kills
         target, delay = None, None
@@ -217,13 +230,14 @@ def kill_and_resume(folder, kills, seed, first_at, total):
         elif killing:
             share = (max_iter - resume_iter) / (kills - len(events) + 1)
             target = min(resume_iter + 1 + int(rng.integers(0, max(1, int(2 * share)))),
-                         max_iter - 1)
+                         max_iter - 4)  # (room left, so that the kill lands before the end)
             delay = per_iter * rng.uniform(0, 1.5)
+        started = time.time()
         proc, log = _start(folder, resume_arg, log_path)
         killed = False
-        if target is not None:
+        if target is not None:  # (a caffemodel of an earlier, incomplete set is older)
             mark = "%s_iter_%d.caffemodel" % (prefix, target)
-            while proc.poll() is None and not os.path.exists(mark):
+            while proc.poll() is None and not _written_since(mark, started):
                 time.sleep(0.0005)
         if delay is not None:
             try:
@@ -233,6 +247,10 @@ def kill_and_resume(folder, kills, seed, first_at, total):
                 killed = True
         rc = proc.wait()
         log.close()
+        restored = _restored_iterations(log_path)[-1]
+        if restored is not None and restored != resume_iter:
+            raise AssertionError("a run resumed from iteration %d, not from the newest complete "
+                                 "snapshot %d" % (restored, resume_iter))
         if not killed and rc != 0:
             raise AssertionError("a run from %s failed with rc %d; see %s"
                                  % (resume_arg or "the start", rc, log_path))
@@ -247,14 +265,12 @@ def kill_and_resume(folder, kills, seed, first_at, total):
                                                if "solverstate" in k], default=0),
                        "mid_write": [os.path.basename(t) for t in temps],
                        "incomplete_sets": orphans})
-        for t in temps:
-            os.unlink(t)
-        # An incomplete newest set (killed between its files) must be skipped by
-        # latest_snapshot, which the next pass of the loop uses.
+        # The temporary files stay: the next run (--snapshot latest) removes them, and an
+        # incomplete newest set (killed between its files) must be skipped by it.
     check_final_names(folder)
     loaded = _restored_iterations(log_path)
     return {"kills": events, "resumes": resumes, "runs": len(loaded), "max_iter": max_iter,
-            "restore_lines": sum(loaded)}
+            "restore_lines": sum(i is not None for i in loaded)}
 
 
 def compare_final(ref_folder, folder, max_iter):

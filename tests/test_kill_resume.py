@@ -1,0 +1,194 @@
+"""Kill and resume: SIGKILL at random moments, resume from the newest complete snapshot,
+and the final state equals an uninterrupted run's; the snapshot-set checks behind it."""
+
+import importlib.util
+import io
+import json
+import os
+import zlib
+
+import numpy as np
+import pytest
+
+import pyfacelayers as caffe
+from pyfacelayers.errors import PyFaceLayersError
+from pyfacelayers.fileio.atomic import atomic_write, stale_temp_files
+from pyfacelayers.solvers import SolverError
+from pyfacelayers.solvers import snapshot as snap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _kill_resume_module():
+    spec = importlib.util.spec_from_file_location(
+        "kill_resume", os.path.join(ROOT, "bench", "kill_resume.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
+    pytest.importorskip("PIL")
+    kr = _kill_resume_module()
+    out = io.StringIO()
+    # Small size for the suite (the full check is 20 kills of 120 iterations).
+    summary = kr.run(str(tmp_path), kills=8, seed=5, iters=48, every=1, out=out)
+    # A kill drawn late may find the run already finished on a slow, loaded machine.
+    assert len(summary["kills"]) >= 7, out.getvalue()
+    assert "OK" in out.getvalue()
+    assert summary["runs"] == len(summary["kills"]) + 1  # the killed runs and the last
+    assert summary["resumes"] >= 1 and summary["restore_lines"] >= 1
+    # Whatever a kill interrupted, the newest complete set never went backwards.
+    newest = [e["newest_complete"] for e in summary["kills"]]
+    assert newest == sorted(newest)
+
+
+def _write_solver(folder, iters=3):
+    net = """name: "tiny"
+layer { name: "data" type: "DummyData" top: "data" top: "label"
+  dummy_data_param { shape { dim: 4 dim: 5 } shape { dim: 4 }
+    data_filler { type: "gaussian" std: 1 } data_filler { type: "constant" value: 1 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+  inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
+layer { name: "drop" type: "Dropout" bottom: "ip" top: "ip" }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+    (folder / "net.prototxt").write_text(net)
+    (folder / "solver.prototxt").write_text(
+        'net: "%s" base_lr: 0.1 momentum: 0.9 lr_policy: "fixed" max_iter: %d snapshot: 1 '
+        'snapshot_prefix: "%s" random_seed: 2 display: 0 type: "SGD"'
+        % (folder / "net.prototxt", iters, folder / "s"))
+    return str(folder / "solver.prototxt")
+
+
+def _three_snapshots(tmp_path):
+    solver = caffe.get_solver(_write_solver(tmp_path))
+    solver.solve()
+    return str(tmp_path / "s")
+
+
+def test_latest_snapshot_skips_incomplete_or_inconsistent_sets(tmp_path, caplog):
+    prefix = _three_snapshots(tmp_path)
+    state = lambda n: "%s_iter_%d.solverstate" % (prefix, n)  # noqa: E731
+    assert snap.latest_snapshot(prefix) == state(3)
+    assert sorted(snap.snapshot_iterations(prefix)) == [1, 2, 3]
+    os.remove(state(3))                                   # killed before the commit mark
+    assert snap.latest_snapshot(prefix) == state(2)
+    with open(prefix + "_iter_2.caffemodel", "r+b") as f:  # a torn caffemodel
+        f.truncate(40)
+    assert snap.latest_snapshot(prefix) == state(1)
+    assert "skipping snapshot %s" % state(2) in caplog.text
+    with open(snap.extra_path(state(1))) as f:            # a side file of another iteration
+        extra = json.load(f)
+    extra["iter"] = 7
+    with open(snap.extra_path(state(1)), "w") as f:
+        json.dump(extra, f)
+    assert snap.latest_snapshot(prefix) is None
+    assert snap.latest_snapshot(str(tmp_path / "nothing" / "here")) is None
+
+
+def test_restore_refuses_a_caffemodel_the_snapshot_did_not_write(tmp_path):
+    prefix = _three_snapshots(tmp_path)
+    with open(prefix + "_iter_3.caffemodel", "rb") as f:
+        third = f.read()
+    with open(snap.extra_path(prefix + "_iter_2.solverstate")) as f:
+        recorded = json.load(f)["caffemodel"]
+    with open(prefix + "_iter_2.caffemodel", "rb") as f:
+        second = f.read()
+    assert recorded == {"file": "s_iter_2.caffemodel", "bytes": len(second),
+                        "crc32": zlib.crc32(second)}
+    with open(prefix + "_iter_2.caffemodel", "wb") as f:  # valid, but from iteration 3
+        f.write(third)
+    solver = caffe.get_solver(str(tmp_path / "solver.prototxt"))
+    with pytest.raises(SolverError, match="not the one this snapshot wrote"):
+        solver.restore(prefix + "_iter_2.solverstate")
+    with pytest.raises(SolverError, match="not the one this snapshot wrote"):
+        snap.verify_snapshot(prefix + "_iter_2.solverstate")
+    assert snap.latest_snapshot(prefix) == prefix + "_iter_3.solverstate"
+
+
+def test_side_file_not_a_dict_is_a_clear_error(tmp_path):
+    prefix = _three_snapshots(tmp_path)
+    with open(snap.extra_path(prefix + "_iter_3.solverstate"), "w") as f:
+        f.write("[1, 2]")
+    with pytest.raises(SolverError, match="not a pyfacelayers solverstate side file"):
+        snap.verify_snapshot(prefix + "_iter_3.solverstate")
+
+
+def test_stale_temp_files_are_found_by_prefix(tmp_path):
+    atomic_write(str(tmp_path / "net_iter_1.caffemodel"), b"x")
+    for name in (".net_iter_2.caffemodel.ab12_x.tmp", ".net_iter_2.solverstate.q1w2e3.tmp",
+                 ".other_iter_2.caffemodel.ab12cd.tmp", "net_iter_3.tmp"):
+        (tmp_path / name).write_bytes(b"partial")
+    found = [os.path.basename(p) for p in stale_temp_files(str(tmp_path / "net"))]
+    assert found == [".net_iter_2.caffemodel.ab12_x.tmp", ".net_iter_2.solverstate.q1w2e3.tmp"]
+    assert os.listdir(str(tmp_path)).count("net_iter_1.caffemodel") == 1
+
+
+def test_train_snapshot_latest(tmp_path, capsys):
+    from pyfacelayers import cli
+    solver_path = _write_solver(tmp_path, iters=4)
+    (tmp_path / ".s_iter_9.caffemodel.abcdef.tmp").write_bytes(b"torn")
+    assert cli.main(["train", "--solver", solver_path, "--snapshot", "latest"]) == 0
+    err = capsys.readouterr().err
+    assert "No complete snapshot" in err and "Removing" in err
+    assert not stale_temp_files(str(tmp_path / "s"))
+    final = caffe.Net(str(tmp_path / "net.prototxt"), str(tmp_path / "s_iter_4.caffemodel"),
+                      caffe.TEST).params["ip"][0].data.copy()
+    for n in (4, 3):
+        os.remove(str(tmp_path / ("s_iter_%d.solverstate" % n)))
+    os.remove(str(tmp_path / "s_iter_4.caffemodel"))
+    assert cli.main(["train", "--solver", solver_path, "--snapshot", "latest"]) == 0
+    assert "Newest complete snapshot: %s" % (tmp_path / "s_iter_2.solverstate") in \
+        capsys.readouterr().err
+    resumed = caffe.Net(str(tmp_path / "net.prototxt"), str(tmp_path / "s_iter_4.caffemodel"),
+                        caffe.TEST).params["ip"][0].data
+    np.testing.assert_array_equal(resumed, final)
+
+
+def _image_data_net(tmp_path, shuffle=True):
+    from PIL import Image
+    lines = []
+    for i in range(7):
+        Image.fromarray(np.full((3, 3), i * 30, np.uint8)).save(str(tmp_path / ("%d.png" % i)))
+        lines.append("%d.png %d" % (i, i % 2))
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    text = """layer { name: "d" type: "ImageData" top: "data" top: "label"
+      image_data_param { source: "%s" root_folder: "%s/" batch_size: 3 shuffle: %s
+                         is_color: false } }""" % (tmp_path / "list.txt", tmp_path,
+                                                   "true" if shuffle else "false")
+    (tmp_path / "net.prototxt").write_text(text)
+    return str(tmp_path / "net.prototxt")
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_image_data_position_and_order_restore(tmp_path, shuffle):
+    pytest.importorskip("PIL")
+    path = _image_data_net(tmp_path, shuffle)
+    a = caffe.Net(path, caffe.TRAIN)
+    for _ in range(4):  # past an epoch: a reshuffle
+        a.forward()
+    states = json.loads(json.dumps(a.get_layer_states()))  # through the side file's JSON
+    assert states["d"]["line_id"] == 12 % 7
+    assert ("order" in states["d"]) == shuffle
+    rng_state = a.layers[0].rng.bit_generator.state
+    expected = [a.forward()["label"].copy() for _ in range(3)]
+    b = caffe.Net(path, caffe.TRAIN)
+    b.set_layer_states(states)
+    b.layers[0].rng.bit_generator.state = rng_state
+    got = [b.forward()["label"].copy() for _ in range(3)]
+    for x, y in zip(got, expected):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(b.blobs["data"].data, a.blobs["data"].data)
+
+
+def test_image_data_state_checked(tmp_path):
+    pytest.importorskip("PIL")
+    net = caffe.Net(_image_data_net(tmp_path), caffe.TRAIN)
+    layer = net.layers[0]
+    with pytest.raises(PyFaceLayersError, match="does not match the 7 lines"):
+        layer.set_state({"line_id": 0, "order": [1, 2, 3]})
+    with pytest.raises(PyFaceLayersError, match="line_id 7 is not a line"):
+        layer.set_state({"line_id": 7})
+    with pytest.raises(PyFaceLayersError, match="expected keys"):
+        layer.set_state({"position": 1})
