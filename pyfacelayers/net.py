@@ -14,7 +14,8 @@ from .blob import Blob
 from .errors import FormatError, NetError
 from .fileio import (blob_to_array, legacy_shape_matches, read_caffemodel, read_net,
                      write_caffemodel)
-from .fileio.blobs import array_to_blob
+from .fileio.atomic import atomic_write
+from .fileio.blobs import blob_chunks, fill_blob, message_chunks
 from .layers import create_layer
 from .net_graph import filter_net, insert_splits
 from .proto import caffe_pb2
@@ -369,12 +370,29 @@ class Net:
             for blob in layer.blobs:
                 data = backend.to_numpy(blob.data)
                 diff = backend.to_numpy(blob.diff) if write_diff else None
-                lp.blobs.add().CopyFrom(array_to_blob(data, diff))
+                fill_blob(lp.blobs.add(), data, diff)
         return out
 
     def save(self, path, write_diff=False):
-        """Write the weights as a .caffemodel Caffe can read (atomically)."""
-        write_caffemodel(path, self.to_proto(write_diff))
+        """Write the weights as a .caffemodel Caffe can read (atomically). Returns
+        (bytes written, their CRC-32)."""
+        return atomic_write(path, self.caffemodel_chunks(write_diff))
+
+    def caffemodel_chunks(self, write_diff=False):
+        """The serialized :meth:`to_proto` as bytes-like pieces (the weights' own
+        memory, not copied through protobuf; the bytes are the same)."""
+        out = caffe_pb2.NetParameter()
+        out.CopyFrom(self._param)
+        layers = []
+        for lp, layer in zip(out.layer, self.layers):
+            lp.ClearField("blobs")
+            blobs = [blob_chunks(backend.to_numpy(blob.data),
+                                 backend.to_numpy(blob.diff) if write_diff else None)
+                     for blob in layer.blobs]
+            layers.append(message_chunks(lp, "blobs", blobs) if blobs
+                          else [lp.SerializeToString()])
+        out.ClearField("layer")
+        return message_chunks(out, "layer", layers)
 
     def share_with(self, other):
         """Use ``other``'s parameter blobs for layers of the same name (Caffe's

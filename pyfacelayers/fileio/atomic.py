@@ -9,21 +9,28 @@ SIGKILL in the middle of a write leaves one behind (see :func:`stale_temp_files`
 import os
 import re
 import tempfile
+import zlib
 
 TEMP_SUFFIX = ".tmp"
 
 
 def atomic_write(path, data):
-    """Write ``data`` (bytes or str) to ``path`` atomically."""
+    """Write ``data`` (bytes or str, or a list of bytes-like pieces written one after
+    the other) to ``path`` atomically. Returns (bytes written, their CRC-32)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if isinstance(data, str):
         data = data.encode("utf-8")
+    pieces = data if isinstance(data, (list, tuple)) else [data]
+    size, crc = 0, 0
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=TEMP_SUFFIX,
                                dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for piece in pieces:
+                f.write(piece)
+                crc = zlib.crc32(piece, crc)
+                size += memoryview(piece).nbytes
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -34,6 +41,7 @@ def atomic_write(path, data):
             pass
         raise
     _fsync_folder(folder)
+    return size, crc
 
 
 def _fsync_folder(folder):

@@ -22,7 +22,7 @@ import zlib
 import numpy as np
 
 from .. import backend
-from ..fileio.blobs import array_to_blob, blob_shape, blob_to_array
+from ..fileio.blobs import blob_chunks, blob_shape, blob_to_array, message_chunks
 from ..proto import caffe_pb2
 from ..errors import PyFaceLayersError
 from ..fileio import atomic_write, read_binary_proto, read_caffemodel
@@ -34,12 +34,15 @@ EXTRA_SUFFIX = ".pfl.json"
 EXTRA_FORMAT = "pyfacelayers-solverstate-extra"
 
 
-def write_model(path, net_param):
-    """Write the caffemodel; returns its {"file", "bytes", "crc32"} for the side file."""
-    data = net_param.SerializeToString()
-    atomic_write(path, data)
-    return {"file": os.path.basename(os.fspath(path)), "bytes": len(data),
-            "crc32": zlib.crc32(data)}
+def write_model(path, net, write_diff=False):
+    """Write the net's caffemodel; returns its {"file", "bytes", "crc32"} for the side
+    file."""
+    if hasattr(net, "caffemodel_chunks"):
+        pieces = net.caffemodel_chunks(write_diff)
+    else:  # a net object with pycaffe's to_proto only
+        pieces = net.to_proto(write_diff=write_diff).SerializeToString()
+    size, crc = atomic_write(path, pieces)
+    return {"file": os.path.basename(os.fspath(path)), "bytes": size, "crc32": crc}
 
 
 def file_crc32(path):
@@ -73,9 +76,8 @@ def write_state(path, iteration, learned_net, current_step, history):
     state.iter = iteration
     state.learned_net = learned_net
     state.current_step = current_step
-    for h in history:
-        state.history.add().CopyFrom(array_to_blob(backend.to_numpy(h)))
-    atomic_write(path, state.SerializeToString())
+    atomic_write(path, message_chunks(state, "history",
+                                      [blob_chunks(backend.to_numpy(h)) for h in history]))
 
 
 def read_state(path):

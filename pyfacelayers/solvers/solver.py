@@ -521,7 +521,7 @@ class Solver:
             raise SolverError("cannot snapshot in the middle of an update")
         model = self.snapshot_filename(".caffemodel")
         log.info("Snapshotting to binary proto file %s", model)
-        written = snap.write_model(model, self.net.to_proto(write_diff=self.param.snapshot_diff))
+        written = snap.write_model(model, self.net, write_diff=self.param.snapshot_diff)
         state_path = self.snapshot_filename(".solverstate")
         log.info("Snapshotting solver state to binary proto file %s", state_path)
         # The solverstate goes last: its presence marks the set complete (see
