@@ -34,6 +34,40 @@ def _layer_rngs(seed, count):
     return [np.random.default_rng(s) for s in sequence.spawn(count)]
 
 
+class RngJournal:
+    """While started, the state each layer's Generator had just before its first use.
+
+    The solver starts it at every iteration, so that a snapshot after an interrupt
+    inside an iteration records the states from the iteration's start. Reading every
+    Generator's state eagerly costs a few microseconds per layer per iteration; this
+    only reads the ones used (Dropout, data layers)."""
+
+    def __init__(self):
+        self.before = None
+
+    def start(self):
+        self.before = {}
+
+    def stop(self):
+        self.before = None
+
+
+class JournaledRng:
+    """A layer's numpy Generator that tells the journal before its first use (every
+    attribute, methods and bit_generator alike, passes through to the Generator)."""
+
+    __slots__ = ("generator", "_journal", "_key")
+
+    def __init__(self, generator, journal, key):
+        self.generator, self._journal, self._key = generator, journal, key
+
+    def __getattr__(self, name):
+        before = self._journal.before
+        if before is not None and self._key not in before:
+            before[self._key] = self.generator.bit_generator.state
+        return getattr(self.generator, name)
+
+
 class Net:
     """A Caffe net.
 
@@ -83,7 +117,9 @@ class Net:
     # -- construction -------------------------------------------------------------
     def _build(self, seed):
         layer_params = list(self._param.layer)
-        rngs = _layer_rngs(seed, len(layer_params))
+        self.rng_journal = RngJournal()
+        rngs = [JournaledRng(g, self.rng_journal, lp.name)
+                for g, lp in zip(_layer_rngs(seed, len(layer_params)), layer_params)]
         self.layers, self._layer_names = [], []
         self.blobs = OrderedDict()
         self.bottom_names, self.top_names = OrderedDict(), OrderedDict()

@@ -192,3 +192,39 @@ def test_image_data_state_checked(tmp_path):
         layer.set_state({"line_id": 7})
     with pytest.raises(PyFaceLayersError, match="expected keys"):
         layer.set_state({"position": 1})
+
+
+def test_interrupt_inside_an_iteration_snapshots_the_start_states(tmp_path):
+    """A KeyboardInterrupt in the middle of a forward (after the data and Dropout layers
+    drew their random numbers): the snapshot records the RNG and layer states from the
+    iteration's start, so the resumed run equals an uninterrupted one."""
+    solver_path = _write_solver(tmp_path, iters=6)
+    full = caffe.get_solver(solver_path)
+    full.step(6)
+    want = [p.data.copy() for p in full.net.learnable_params]
+
+    run = caffe.get_solver(solver_path)
+    run.param.snapshot = 0
+    loss = run.net.layers[-1]
+    calls = [0]
+    forward = loss.forward
+
+    def failing_forward(bottom, top):
+        calls[0] += 1
+        if calls[0] == 4:  # inside iteration 3 (0-based), after the RNGs were used
+            raise KeyboardInterrupt
+        return forward(bottom, top)
+
+    loss.forward = failing_forward
+    with pytest.raises(KeyboardInterrupt):
+        run.step(6)
+    assert run.iter == 3
+    path = run.snapshot()
+    with open(snap.extra_path(path)) as f:
+        rngs = json.load(f)["train_net_rng_states"]
+    assert rngs["data"] != run.net.layers[0].rng.bit_generator.state  # used since the start
+    resumed = caffe.get_solver(solver_path)
+    resumed.restore(path)
+    resumed.step(3)
+    for p, w in zip(resumed.net.learnable_params, want):
+        np.testing.assert_array_equal(p.data, w)

@@ -289,10 +289,8 @@ class Solver:
         self._iterations_last = self.iter
         while self.iter < stop_iter:
             # Kept so that a snapshot taken after an interrupt inside this iteration
-            # (which leaves the weights as they were) resumes it exactly. No copy is
-            # needed: get_state() and bit_generator.state build new dicts of values
-            # that the layers replace rather than change in place.
-            self._start_states = self._layer_states()
+            # (which leaves the weights as they were) resumes it exactly.
+            self._begin_iteration_states()
             self.net.clear_param_diffs()
             if (p.test_interval and self.iter % p.test_interval == 0
                     and (self.iter > 0 or p.test_initialization)):
@@ -314,7 +312,7 @@ class Solver:
             self.apply_update()
             # iter counts the updates done (Caffe increments after ApplyUpdate).
             self.iter += 1
-            self._start_states = None
+            self._end_iteration_states()
             for fn in self._iteration_callbacks:
                 fn(self, loss)
             request = self._requested_action()
@@ -537,8 +535,41 @@ class Solver:
         nets = [self.net] + list(self.test_nets)
         return ([n.get_layer_states() for n in nets], [_rng_states(n) for n in nets])
 
+    def _begin_iteration_states(self):
+        """Record the layer states as the iteration starts: get_state() dicts (new dicts
+        of values the layers replace, never change in place, so no copy is needed),
+        and the RNG states through the nets' journals (read only for the Generators
+        used), or eagerly for nets without one."""
+        nets = [self.net] + list(self.test_nets)
+        rngs = []
+        for net in nets:
+            journal = getattr(net, "rng_journal", None)
+            if journal is not None:
+                journal.start()
+            rngs.append(None if journal is not None else _rng_states(net))
+        self._start_states = ([n.get_layer_states() for n in nets], rngs)
+
+    def _end_iteration_states(self):
+        self._start_states = None
+        for net in [self.net] + list(self.test_nets):
+            journal = getattr(net, "rng_journal", None)
+            if journal is not None:
+                journal.stop()
+
+    def _states_at_start(self):
+        layers, rngs = self._start_states
+        nets = [self.net] + list(self.test_nets)
+        out = []
+        for net, states in zip(nets, rngs):
+            if states is None:  # journaled: now, except what was used since the start
+                before = dict(net.rng_journal.before or {})
+                states = _rng_states(net)
+                states.update((k, v) for k, v in before.items() if k in states)
+            out.append(states)
+        return layers, out
+
     def _extra_state(self):
-        layers, rngs = self._start_states or self._layer_states()
+        layers, rngs = self._states_at_start() if self._start_states else self._layer_states()
         return {"iter": self.iter, "type": self.type,
                 "train_net_layer_states": layers[0], "test_net_layer_states": layers[1:],
                 "train_net_rng_states": rngs[0], "test_net_rng_states": rngs[1:]}
