@@ -228,3 +228,55 @@ def test_interrupt_inside_an_iteration_snapshots_the_start_states(tmp_path):
     resumed.step(3)
     for p, w in zip(resumed.net.learnable_params, want):
         np.testing.assert_array_equal(p.data, w)
+
+
+def _hdf5_net(tmp_path, shuffle):
+    h5py = pytest.importorskip("h5py")
+    names = []
+    for k, rows in enumerate((5, 3, 4)):
+        name = str(tmp_path / ("p%d.h5" % k))
+        with h5py.File(name, "w") as handle:
+            handle.create_dataset("data", data=np.arange(rows * 2.0).reshape(rows, 2) + 100 * k)
+            handle.create_dataset("label", data=np.arange(rows) + 10.0 * k)
+        names.append(name)
+    (tmp_path / "h5list.txt").write_text("\n".join(names) + "\n")
+    text = """layer { name: "h" type: "HDF5Data" top: "data" top: "label"
+      hdf5_data_param { source: "%s" batch_size: 4 shuffle: %s } }""" % (
+        tmp_path / "h5list.txt", "true" if shuffle else "false")
+    (tmp_path / "h5.prototxt").write_text(text)
+    return str(tmp_path / "h5.prototxt")
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_hdf5_data_position_and_orders_restore(tmp_path, shuffle):
+    path = _hdf5_net(tmp_path, shuffle)
+    a = caffe.Net(path, caffe.TRAIN)
+    for _ in range(5):  # 20 rows: past the 12 rows of a whole pass, into the next
+        a.forward()
+    states = json.loads(json.dumps(a.get_layer_states()))
+    assert ("row_order" in states["h"]) == shuffle
+    rng_state = a.layers[0].rng.bit_generator.state
+    expected = [a.forward()["label"].copy() for _ in range(4)]
+    b = caffe.Net(path, caffe.TRAIN)
+    b.set_layer_states(states)
+    b.layers[0].rng.bit_generator.state = rng_state
+    got = [b.forward()["label"].copy() for _ in range(4)]
+    for x, y in zip(got, expected):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(b.blobs["data"].data, a.blobs["data"].data)
+
+
+def test_hdf5_data_state_checked(tmp_path):
+    layer = caffe.Net(_hdf5_net(tmp_path, True), caffe.TRAIN).layers[0]
+    with pytest.raises(PyFaceLayersError, match="file order does not match the 3 files"):
+        layer.set_state({"current_file": 0, "current_row": 0, "file_order": [0, 1]})
+    with pytest.raises(PyFaceLayersError, match="current_file 3 is not one of the 3 files"):
+        layer.set_state({"current_file": 3, "current_row": 0, "file_order": [0, 1, 2]})
+    with pytest.raises(PyFaceLayersError, match="row order does not match the 5 rows"):
+        layer.set_state({"current_file": 0, "current_row": 0, "file_order": [0, 1, 2],
+                         "row_order": [0, 1, 2, 3, 3]})
+    with pytest.raises(PyFaceLayersError, match="current_row 5 is not one of the 5 rows"):
+        layer.set_state({"current_file": 0, "current_row": 5, "file_order": [0, 1, 2],
+                         "row_order": [4, 3, 2, 1, 0]})
+    with pytest.raises(PyFaceLayersError, match="expected keys"):
+        layer.set_state({"row": 1})
