@@ -193,6 +193,11 @@ def _restored_iterations(log_path):
     return found
 
 
+def _incomplete(present):
+    """The iterations with snapshot files but no solverstate (a set not committed)."""
+    return sorted(i for i, kinds in present.items() if "solverstate" not in kinds)
+
+
 def _written_since(path, moment):
     try:
         return os.stat(path).st_mtime >= moment - 0.01
@@ -232,6 +237,8 @@ def kill_and_resume(folder, kills, seed, first_at, total):
             target = min(resume_iter + 1 + int(rng.integers(0, max(1, int(2 * share)))),
                          max_iter - 4)  # (room left, so that the kill lands before the end)
             delay = per_iter * rng.uniform(0, 1.5)
+        temps_before = set(stale_temp_files(prefix))
+        orphans_before = _incomplete(check_final_names(folder))
         started = time.time()
         proc, log = _start(folder, resume_arg, log_path)
         killed = False
@@ -256,9 +263,11 @@ def kill_and_resume(folder, kills, seed, first_at, total):
                                  % (resume_arg or "the start", rc, log_path))
         if not killed:
             continue  # it reached max_iter (or the loop exits on the next check)
-        temps = stale_temp_files(prefix)
+        # What this kill left (not what an earlier one left and this run had not
+        # cleaned yet).
+        temps = [t for t in stale_temp_files(prefix) if t not in temps_before]
         present = check_final_names(folder)
-        orphans = sorted(i for i, kinds in present.items() if "solverstate" not in kinds)
+        orphans = [i for i in _incomplete(present) if i not in orphans_before]
         events.append({"delay_s": round(delay, 4), "after_iter": target,
                        "resumed_from": resume_iter,
                        "newest_complete": max([i for i, k in present.items()
@@ -327,8 +336,9 @@ def report(summary, out):
     mid = sum(bool(e["mid_write"]) for e in events)
     between = sum(bool(e["incomplete_sets"]) for e in events)
     early = sum(e["newest_complete"] == e["resumed_from"] for e in events)
-    print("%d kills (%d mid-write, %d between the files of a snapshot, %d before the run's "
-          "first new snapshot), %d resumes, %d runs, %d restores logged; %.1f s" %
+    print("%d kills (%d mid-write: a temporary file left; %d left an uncommitted set: files "
+          "of a snapshot but not its solverstate; %d before the run's first new snapshot), "
+          "%d resumes, %d runs, %d restores logged; %.1f s" %
           (len(events), mid, between, early, summary["resumes"], summary["runs"],
            summary["restore_lines"], summary["seconds"]), file=out)
     print("no partial or corrupt file under a final name; every resume loaded; final "
