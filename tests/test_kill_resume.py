@@ -1,6 +1,7 @@
 """Kill and resume: SIGKILL at random moments, resume from the newest complete snapshot,
 and the final state equals an uninterrupted run's; the snapshot-set checks behind it."""
 
+import gc
 import importlib.util
 import io
 import json
@@ -280,3 +281,35 @@ def test_hdf5_data_state_checked(tmp_path):
                          "row_order": [4, 3, 2, 1, 0]})
     with pytest.raises(PyFaceLayersError, match="expected keys"):
         layer.set_state({"row": 1})
+
+
+def test_lmdb_data_position_restores(tmp_path):
+    lmdb = pytest.importorskip("lmdb")
+    from pyfacelayers.proto import caffe_pb2
+    env = lmdb.open(str(tmp_path / "db"), map_size=1 << 22)
+    with env.begin(write=True) as txn:
+        for i in range(7):
+            datum = caffe_pb2.Datum(channels=1, height=1, width=2, label=i,
+                                    data=bytes([i, 2 * i]))
+            txn.put(b"%08d" % i, datum.SerializeToString())
+    env.close()
+    (tmp_path / "db.prototxt").write_text(
+        'layer { name: "db" type: "Data" top: "data" top: "label" '
+        'data_param { source: "%s" batch_size: 3 backend: LMDB } }' % (tmp_path / "db"))
+    a = caffe.Net(str(tmp_path / "db.prototxt"), caffe.TRAIN)
+    a.forward()
+    a.forward()  # 6 of 7 records read: the next batch wraps around
+    states = json.loads(json.dumps(a.get_layer_states()))
+    assert states == {"db": {"key": (b"%08d" % 6).hex()}}
+    del a  # (lmdb opens a database once per process)
+    gc.collect()
+    b = caffe.Net(str(tmp_path / "db.prototxt"), caffe.TRAIN)
+    b.set_layer_states(states)
+    np.testing.assert_array_equal(b.forward()["label"], [6, 0, 1])
+    layer = b.layers[0]
+    with pytest.raises(PyFaceLayersError, match="is not in"):
+        layer.set_state({"key": b"zzz".hex()})
+    with pytest.raises(PyFaceLayersError, match="not a hex string"):
+        layer.set_state({"key": "xyz"})
+    with pytest.raises(PyFaceLayersError, match="expected the key"):
+        layer.set_state({"cursor": 1})

@@ -372,6 +372,23 @@ class DataLayer(_DataLayer):
         if not self._cursor.next():
             self._cursor.first()  # wrap around to the start
 
+    # -- state (saved with solver snapshots, so a resumed run reads the same records) --
+    def get_state(self):
+        """The key of the next record (hex)."""
+        return {"key": self._cursor.key().hex()}
+
+    def set_state(self, state):
+        """Move to :meth:`get_state`'s record; the database must still hold it."""
+        if not isinstance(state, dict) or set(state) != {"key"}:
+            raise self.error("bad saved state %r: expected the key \"key\"" % (state,))
+        try:
+            key = bytes.fromhex(state["key"])
+        except (TypeError, ValueError):
+            raise self.error("saved key %r is not a hex string" % (state["key"],)) from None
+        if not self._cursor.set_key(key):
+            raise self.error("the saved record key %r is not in %s (was the database changed "
+                             "since the snapshot?)" % (key, self.param.data_param.source))
+
     def _datum(self):
         key, value = self._cursor.item()
         datum = caffe_pb2.Datum()
