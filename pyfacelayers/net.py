@@ -62,6 +62,8 @@ class JournaledRng:
         self.generator, self._journal, self._key = generator, journal, key
 
     def __getattr__(self, name):
+        if name.startswith("__"):  # copy/pickle probing a bare instance
+            raise AttributeError(name)
         before = self._journal.before
         if before is not None and self._key not in before:
             before[self._key] = self.generator.bit_generator.state

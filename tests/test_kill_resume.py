@@ -313,3 +313,23 @@ def test_lmdb_data_position_restores(tmp_path):
         layer.set_state({"key": "xyz"})
     with pytest.raises(PyFaceLayersError, match="expected the key"):
         layer.set_state({"cursor": 1})
+
+
+def test_journaled_layer_rng_behaves_as_its_generator(tmp_path):
+    import copy
+    import pickle
+    net = caffe.get_solver(_write_solver(tmp_path)).net
+    rng = net.layers[0].rng
+    twin = np.random.default_rng()
+    twin.bit_generator.state = rng.bit_generator.state
+    for clone in (copy.deepcopy(rng), pickle.loads(pickle.dumps(rng))):
+        np.testing.assert_array_equal(clone.random(3), twin.random(3))
+        twin.bit_generator.state = rng.bit_generator.state
+    net.rng_journal.start()
+    before = rng.bit_generator.state
+    rng.standard_normal(4)
+    rng.standard_normal(4)
+    assert net.rng_journal.before == {"data": before}  # the state before the first use
+    net.rng_journal.stop()
+    rng.random()
+    assert net.rng_journal.before is None
