@@ -12,8 +12,7 @@ import numpy as np
 from . import backend
 from .blob import Blob
 from .errors import FormatError, NetError
-from .fileio import (blob_to_array, legacy_shape_matches, read_caffemodel, read_net,
-                     write_caffemodel)
+from .fileio import blob_to_array, legacy_shape_matches, read_caffemodel, read_net
 from .fileio.atomic import atomic_write
 from .fileio.blobs import blob_chunks, fill_blob, message_chunks
 from .layers import create_layer
