@@ -230,8 +230,10 @@ def kill_and_resume(folder, kills, seed, first_at, total):
         resumes += bool(latest)
         killing = len(events) < kills
         target, delay = None, None
-        if killing and rng.random() < 0.15:
-            delay = first_at * rng.uniform(0.3, 1.0)
+        early = rng.random() < 0.15
+        if killing and early and max_iter - resume_iter > 10:
+            # (well inside start-up and restore: the run must not finish first)
+            delay = first_at * rng.uniform(0.3, 0.8)
         elif killing:
             share = (max_iter - resume_iter) / (kills - len(events) + 1)
             target = min(resume_iter + 1 + int(rng.integers(0, max(1, int(2 * share)))),
