@@ -3,6 +3,7 @@
 import glob
 import lzma
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -191,3 +192,86 @@ def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_caffemodel(target, caffe_pb2.NetParameter(name="x"))
     assert os.listdir(tmp_path) == []
+
+
+def _protobuf_blob(array, diff=None, legacy=False):
+    """BlobProto filled value by value through protobuf (the reference encoding)."""
+    array = np.asarray(array)
+    blob = caffe_pb2.BlobProto()
+    if legacy:
+        blob.num, blob.channels, blob.height, blob.width = (1,) * (4 - array.ndim) + array.shape
+    else:
+        blob.shape.dim.extend(int(d) for d in array.shape)
+    single = array.dtype != np.float64
+    values = blob.data if single else blob.double_data
+    values.extend(array.astype(np.float32 if single else np.float64).ravel().tolist())
+    if diff is not None:
+        diffs = blob.diff if single else blob.double_diff
+        diffs.extend(np.asarray(diff, np.float32 if single else np.float64).ravel().tolist())
+    return blob
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int64])
+def test_packed_blob_encoder_equals_protobuf_bytes(dtype):
+    from pyfacelayers.fileio.blobs import encode_blob
+    rng = np.random.default_rng(4)
+    for shape in [(), (0,), (1,), (3, 0, 2), (7, 5), (2, 3, 4, 5), (2, 1, 1, 3, 2), (40000,)]:
+        for legacy in (False, True):
+            if legacy and len(shape) > 4:
+                with pytest.raises(ValueError, match="at most 4 axes"):
+                    encode_blob(np.zeros(shape, dtype), legacy_shape=True)
+                continue
+            for with_diff in (False, True):
+                a = (rng.standard_normal(shape) * 100).astype(dtype)
+                if a.ndim == 2:
+                    a = a.T  # not C-contiguous
+                d = rng.standard_normal(a.shape) if with_diff else None
+                want = _protobuf_blob(a, d, legacy).SerializeToString()
+                assert encode_blob(a, d, legacy) == want, (shape, legacy, with_diff)
+                assert array_to_blob(a, d, legacy_shape=legacy).SerializeToString() == want
+    special = np.array([np.nan, -0.0, np.inf, -np.inf, 1e-45, 3.4e38], np.float32)
+    assert encode_blob(special) == _protobuf_blob(special).SerializeToString()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_net_save_bytes_equal_protobuf_serialization(tmp_path, dtype):
+    import pyfacelayers as caffe
+    from pyfacelayers.net import Net
+    text = """name: "n" input: "data" input_shape { dim: 2 dim: 3 dim: 5 dim: 5 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "xavier" }
+                      bias_filler { type: "gaussian" } } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "ip" type: "InnerProduct" bottom: "conv" top: "ip"
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" } } }
+"""
+    (tmp_path / "n.prototxt").write_text(text)
+    net = Net(read_net(str(tmp_path / "n.prototxt")), caffe.TRAIN, dtype=dtype)
+    for blobs in net.params.values():
+        for b in blobs:
+            b.diff[...] = np.random.default_rng(1).standard_normal(b.diff.shape)
+    for write_diff in (False, True):
+        size, crc = net.save(str(tmp_path / "w.caffemodel"), write_diff=write_diff)
+        want = net.to_proto(write_diff).SerializeToString()
+        got = (tmp_path / "w.caffemodel").read_bytes()
+        assert got == want and size == len(want) and crc == zlib.crc32(want)
+
+
+def test_solverstate_history_bytes_equal_protobuf_serialization(tmp_path):
+    from pyfacelayers.solvers.snapshot import write_state
+    history = [np.arange(12, dtype=np.float32).reshape(3, 4), np.ones(0, np.float32),
+               np.linspace(0, 1, 5)]
+    write_state(str(tmp_path / "s.solverstate"), 9, "w.caffemodel", 0, history)
+    want = caffe_pb2.SolverState(iter=9, learned_net="w.caffemodel", current_step=0)
+    for h in history:
+        want.history.add().CopyFrom(_protobuf_blob(h))
+    assert (tmp_path / "s.solverstate").read_bytes() == want.SerializeToString()
+
+
+def test_fixture_net_save_bytes_equal_protobuf_serialization(tmp_path):
+    import pyfacelayers as caffe
+    folder = shared_path("fixtures", "caffe-ref", "B1_small")
+    net = caffe.Net(os.path.join(folder, "B1_small_train.prototxt"),
+                    os.path.join(folder, "B1_small.caffemodel"), caffe.TRAIN)
+    net.save(str(tmp_path / "w.caffemodel"))
+    assert (tmp_path / "w.caffemodel").read_bytes() == net.to_proto().SerializeToString()

@@ -2,6 +2,10 @@
 
     pyfacelayers train --solver S [--weights W | --snapshot S] [--gpu ID] [--log FILE]
 
+``--snapshot latest`` (when no file is named "latest") resumes from the newest complete
+snapshot under the solver's snapshot_prefix, skipping sets a killed process left
+incomplete and removing its temporary files; with none it starts from iteration 0.
+
 A progress line on stderr (iteration, loss, lambda when the net has a blob "lambda",
 lr, it/s) redraws in place on a terminal and is printed plainly otherwise; Caffe's log
 lines go to --log FILE (glog layout). Ctrl-C stops after the current iteration and
@@ -10,6 +14,7 @@ half applied).
 """
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -17,7 +22,9 @@ import time
 
 import numpy as np
 
+from ..fileio.atomic import stale_temp_files
 from ..solvers import get_solver, read_solver
+from ..solvers.snapshot import latest_snapshot
 from . import _common
 
 log = logging.getLogger("pyfacelayers")
@@ -33,7 +40,9 @@ def register(subparsers):
     group = p.add_mutually_exclusive_group()
     group.add_argument("--weights", help="initial weights: .caffemodel file(s), comma "
                                          "separated (fine-tuning)")
-    group.add_argument("--snapshot", help="a .solverstate to resume training from")
+    group.add_argument("--snapshot", help="a .solverstate to resume training from, or "
+                                          "\"latest\": the newest complete snapshot of the "
+                                          "solver's snapshot_prefix, if any")
     _common.add_device_arguments(p)
     p.add_argument("--log", metavar="FILE", help="append Caffe-style log lines to FILE")
     p.add_argument("--level", type=int, default=None, help="the train net's NetState level")
@@ -146,7 +155,10 @@ def run(args, stream=None):
         progress = Progress(solver, stream)
         progress_ref[0] = progress
         solver.add_iteration_callback(progress)
-        return _train(solver, args.snapshot, progress)
+        resume = args.snapshot
+        if resume == "latest" and not os.path.exists(resume):
+            resume = _latest(param.snapshot_prefix)
+        return _train(solver, resume, progress)
     finally:
         if progress_ref[0]:
             progress_ref[0].finish()
@@ -154,6 +166,24 @@ def run(args, stream=None):
             log.removeHandler(h)
             h.close()
         log.setLevel(old_level)
+
+
+def _latest(prefix):
+    """The newest complete snapshot under ``prefix`` (None: start afresh), after removing
+    the temporary files of writes a killed run left behind."""
+    for path in stale_temp_files(prefix):
+        log.info("Removing %s (a snapshot write that was interrupted)", path)
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", path, exc.strerror or exc)
+    path = latest_snapshot(prefix)
+    if path is None:
+        log.info('No complete snapshot under snapshot_prefix "%s": starting from iteration 0',
+                 prefix)
+    else:
+        log.info("Newest complete snapshot: %s", path)
+    return path
 
 
 def _train(solver, resume, progress):

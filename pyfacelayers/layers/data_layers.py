@@ -239,6 +239,8 @@ class ImageDataLayer(_DataLayer):
                              "%d and %d" % (p.new_height, p.new_width))
         self.transformer = self._transformer()
         self.lines = _read_image_list(p.source, self.error)
+        self._listed = self.lines
+        self._order = None  # the shuffled order as list-file line numbers (a tuple)
         if p.shuffle:
             self._shuffle()
         self.line_id = 0
@@ -255,6 +257,37 @@ class ImageDataLayer(_DataLayer):
     def _shuffle(self):
         order = self.rng.permutation(len(self.lines))
         self.lines = [self.lines[i] for i in order]
+        self._order = tuple(line[2] for line in self.lines)
+
+    # -- state (saved with solver snapshots, so a resumed run reads the same images) --
+    def get_state(self):
+        """The next line to read and, when shuffling, the current order (list-file line
+        numbers). The values are never changed in place, so the dict stays valid."""
+        state = {"line_id": int(self.line_id)}
+        if self._order is not None:
+            state["order"] = self._order
+        return state
+
+    def set_state(self, state):
+        """Restore :meth:`get_state`'s dict; the list file must be the same."""
+        if not isinstance(state, dict) or set(state) - {"line_id", "order"}:
+            raise self.error("bad saved state %r: expected keys line_id and order" % (state,))
+        if "order" in state:
+            order = state["order"]
+            by_number = {line[2]: line for line in self._listed}
+            if (not isinstance(order, (list, tuple)) or len(order) != len(by_number)
+                    or set(order) != set(by_number)):
+                raise self.error("the saved image order does not match the %d lines of %s "
+                                 "(was the list edited since the snapshot?)"
+                                 % (len(by_number), self.param.image_data_param.source))
+            self.lines = [by_number[number] for number in order]
+            self._order = tuple(order)
+        line_id = state.get("line_id", self.line_id)
+        if (isinstance(line_id, bool) or not isinstance(line_id, int)
+                or not 0 <= line_id < len(self.lines)):
+            raise self.error("saved line_id %r is not a line of %s (%d lines)"
+                             % (line_id, self.param.image_data_param.source, len(self.lines)))
+        self.line_id = line_id
 
     def _read(self, index):
         p = self.param.image_data_param
@@ -340,6 +373,23 @@ class DataLayer(_DataLayer):
         if not self._cursor.next():
             self._cursor.first()  # wrap around to the start
 
+    # -- state (saved with solver snapshots, so a resumed run reads the same records) --
+    def get_state(self):
+        """The key of the next record (hex)."""
+        return {"key": self._cursor.key().hex()}
+
+    def set_state(self, state):
+        """Move to :meth:`get_state`'s record; the database must still hold it."""
+        if not isinstance(state, dict) or set(state) != {"key"}:
+            raise self.error("bad saved state %r: expected the key \"key\"" % (state,))
+        try:
+            key = bytes.fromhex(state["key"])
+        except (TypeError, ValueError):
+            raise self.error("saved key %r is not a hex string" % (state["key"],)) from None
+        if not self._cursor.set_key(key):
+            raise self.error("the saved record key %r is not in %s (was the database changed "
+                             "since the snapshot?)" % (key, self.param.data_param.source))
+
     def _datum(self):
         key, value = self._cursor.item()
         datum = caffe_pb2.Datum()
@@ -406,9 +456,11 @@ class HDF5DataLayer(_DataLayer):
                              % (p.source, exc.strerror)) from None
         if not self.files:
             raise self.error("no HDF5 file is listed in %s" % p.source)
-        self.file_order = np.arange(len(self.files))
+        # The orders are replaced, never shuffled in place (permutation draws exactly as
+        # shuffle does), so get_state can hand out the tuples kept with them.
+        self._set_file_order(np.arange(len(self.files)))
         if p.shuffle:
-            self.rng.shuffle(self.file_order)
+            self._set_file_order(self.rng.permutation(self.file_order))
         self.current_file = 0
         self._load(self.files[self.file_order[0]])
         self.current_row = 0
@@ -458,9 +510,57 @@ class HDF5DataLayer(_DataLayer):
                                  "file's rows are %s" % (name, path, shape, want))
         self.row_shapes = first
         self.arrays = arrays
-        self.row_order = np.arange(rows)
+        self._set_row_order(np.arange(rows))
         if self.param.hdf5_data_param.shuffle:
-            self.rng.shuffle(self.row_order)
+            self._set_row_order(self.rng.permutation(self.row_order))
+
+    def _set_file_order(self, order):
+        self.file_order = order
+        if self.param.hdf5_data_param.shuffle:
+            self._file_order_saved = tuple(int(i) for i in order)
+
+    def _set_row_order(self, order):
+        self.row_order = order
+        if self.param.hdf5_data_param.shuffle:
+            self._row_order_saved = tuple(int(i) for i in order)
+
+    # -- state (saved with solver snapshots, so a resumed run reads the same rows) ----
+    def get_state(self):
+        """The current file and row and, when shuffling, the file and row orders. The
+        values are never changed in place, so the dict stays valid."""
+        state = {"current_file": int(self.current_file), "current_row": int(self.current_row)}
+        if self.param.hdf5_data_param.shuffle:
+            state["file_order"] = self._file_order_saved
+            state["row_order"] = self._row_order_saved
+        return state
+
+    def set_state(self, state):
+        """Restore :meth:`get_state`'s dict; the listed files must be the same."""
+        keys = {"current_file", "current_row", "file_order", "row_order"}
+        if not isinstance(state, dict) or set(state) - keys:
+            raise self.error("bad saved state %r: expected keys %s" % (state, sorted(keys)))
+        file_order = state.get("file_order", list(range(len(self.files))))
+        if sorted(_ints(file_order)) != list(range(len(self.files))):
+            raise self.error("the saved file order does not match the %d files listed in %s"
+                             % (len(self.files), self.param.hdf5_data_param.source))
+        current_file = state.get("current_file", 0)
+        if not _is_int(current_file) or not 0 <= current_file < len(self.files):
+            raise self.error("saved current_file %r is not one of the %d files"
+                             % (current_file, len(self.files)))
+        self._set_file_order(np.array(file_order, dtype=np.int64))
+        self.current_file = current_file
+        self._load(self.files[self.file_order[current_file]])
+        rows = self.arrays[0].shape[0]
+        row_order = state.get("row_order", list(range(rows)))
+        if sorted(_ints(row_order)) != list(range(rows)):
+            raise self.error("the saved row order does not match the %d rows of %s"
+                             % (rows, self.files[self.file_order[current_file]]))
+        current_row = state.get("current_row", 0)
+        if not _is_int(current_row) or not 0 <= current_row < rows:
+            raise self.error("saved current_row %r is not one of the %d rows of %s"
+                             % (current_row, rows, self.files[self.file_order[current_file]]))
+        self._set_row_order(np.array(row_order, dtype=np.int64))
+        self.current_row = current_row
 
     def _next(self):
         shuffle = self.param.hdf5_data_param.shuffle
@@ -471,11 +571,11 @@ class HDF5DataLayer(_DataLayer):
                 if self.current_file == len(self.files):
                     self.current_file = 0
                     if shuffle:
-                        self.rng.shuffle(self.file_order)
+                        self._set_file_order(self.rng.permutation(self.file_order))
                 self._load(self.files[self.file_order[self.current_file]])
             self.current_row = 0
             if shuffle:
-                self.rng.shuffle(self.row_order)
+                self._set_row_order(self.rng.permutation(self.row_order))
 
     def forward(self, bottom, top):
         batches = [[] for _ in top]
@@ -486,3 +586,14 @@ class HDF5DataLayer(_DataLayer):
             self._next()
         for blob, rows in zip(top, batches):
             self._set_top(blob, np.stack(rows))
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _ints(values):
+    """``values`` when it is a list of integers, else an empty list (never matches)."""
+    if not isinstance(values, (list, tuple)) or not all(_is_int(v) for v in values):
+        return [None]
+    return list(values)

@@ -19,6 +19,13 @@ and the numpy Generator state of every layer with an ``rng`` -- goes to
 so a resumed run continues the exact trajectory. A snapshot taken after an interrupt
 inside an iteration records the states from that iteration's start.
 
+A snapshot set is written caffemodel, side file (it records the caffemodel's size and
+CRC-32), solverstate: the solverstate marks the set complete. Every file goes through
+a temporary ``.<name>.<random>.tmp``, fsync, rename and a folder fsync, so SIGKILL or
+a power cut never leaves a partial file under a final name.
+``snapshot.latest_snapshot(prefix)`` is the newest complete, consistent set (what
+``pyfacelayers train --snapshot latest`` resumes from).
+
 ``solver.request_stop()`` (or ``set_action_function``, as Caffe's) stops after the
 current iteration; ``solver.lr`` is the rate of the latest update.
 """

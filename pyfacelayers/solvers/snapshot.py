@@ -4,18 +4,28 @@
 current_step), readable by Caffe and read back from Caffe's own files. State Caffe
 has no field for (layer iteration counters, RNG states) goes to
 ``<prefix>_iter_<N>.solverstate.pfl.json``, which Caffe ignores. Every write is atomic.
+
+A snapshot is a set of files written in this order: the caffemodel, the side file
+(which records the caffemodel's size and CRC-32), then the solverstate. The
+solverstate is the commit mark: a set is complete when its solverstate exists, and
+:func:`latest_snapshot` also checks that the three files belong together, so a process
+killed at any moment leaves the previous snapshot usable and never a half-written file
+under a final name.
 """
 
 import json
 import logging
 import os
+import re
+import zlib
 
 import numpy as np
 
 from .. import backend
-from ..fileio.blobs import array_to_blob, blob_shape, blob_to_array
+from ..fileio.blobs import blob_chunks, blob_shape, blob_to_array, message_chunks
 from ..proto import caffe_pb2
-from ..fileio import atomic_write, read_binary_proto, write_binary_proto
+from ..errors import PyFaceLayersError
+from ..fileio import atomic_write, read_binary_proto, read_caffemodel
 from .lr_policy import SolverError
 
 log = logging.getLogger("pyfacelayers")
@@ -24,8 +34,41 @@ EXTRA_SUFFIX = ".pfl.json"
 EXTRA_FORMAT = "pyfacelayers-solverstate-extra"
 
 
-def write_model(path, net_param):
-    write_binary_proto(path, net_param)
+def write_model(path, net, write_diff=False):
+    """Write the net's caffemodel; returns its {"file", "bytes", "crc32"} for the side
+    file."""
+    if hasattr(net, "caffemodel_chunks"):
+        pieces = net.caffemodel_chunks(write_diff)
+    else:  # a net object with pycaffe's to_proto only
+        pieces = net.to_proto(write_diff=write_diff).SerializeToString()
+    size, crc = atomic_write(path, pieces)
+    return {"file": os.path.basename(os.fspath(path)), "bytes": size, "crc32": crc}
+
+
+def file_crc32(path):
+    """(size in bytes, CRC-32) of a file, read in pieces."""
+    crc, size = 0, 0
+    with open(path, "rb") as f:
+        while True:
+            piece = f.read(1 << 22)
+            if not piece:
+                return size, crc
+            crc = zlib.crc32(piece, crc)
+            size += len(piece)
+
+
+def check_model(model_path, extra, state_path):
+    """Raise SolverError unless the caffemodel is the one the side file recorded."""
+    recorded = (extra or {}).get("caffemodel")
+    if not recorded:
+        return
+    size, crc = file_crc32(model_path)
+    if size != recorded.get("bytes") or crc != recorded.get("crc32"):
+        raise SolverError("%s: the caffemodel %s is not the one this snapshot wrote (%d bytes, "
+                          "CRC-32 %08x; the side file %s recorded %s bytes, CRC-32 %08x): was "
+                          "it overwritten?" % (state_path, model_path, size, crc,
+                                               extra_path(state_path), recorded.get("bytes"),
+                                               recorded.get("crc32") or 0))
 
 
 def write_state(path, iteration, learned_net, current_step, history):
@@ -33,9 +76,8 @@ def write_state(path, iteration, learned_net, current_step, history):
     state.iter = iteration
     state.learned_net = learned_net
     state.current_step = current_step
-    for h in history:
-        state.history.add().CopyFrom(array_to_blob(backend.to_numpy(h)))
-    write_binary_proto(path, state)
+    atomic_write(path, message_chunks(state, "history",
+                                      [blob_chunks(backend.to_numpy(h)) for h in history]))
 
 
 def read_state(path):
@@ -51,8 +93,9 @@ def write_extra(state_path, extra):
     atomic_write(extra_path(state_path), json.dumps(document, indent=1, sort_keys=True))
 
 
-def read_extra(state_path, iteration):
-    """The side file's dict, or None when absent (a Caffe snapshot) or stale."""
+def read_extra(state_path, iteration, strict=False):
+    """The side file's dict, or None when absent (a Caffe snapshot) or stale (a
+    SolverError for stale with ``strict``)."""
     path = extra_path(state_path)
     if not os.path.exists(path):
         return None
@@ -61,9 +104,12 @@ def read_extra(state_path, iteration):
             extra = json.load(f)
     except ValueError as exc:
         raise SolverError("%s: corrupt side file (%s)" % (path, exc)) from None
-    if extra.get("format") != EXTRA_FORMAT:
+    if not isinstance(extra, dict) or extra.get("format") != EXTRA_FORMAT:
         raise SolverError("%s: not a pyfacelayers solverstate side file" % path)
     if extra.get("iter") != iteration:
+        if strict:
+            raise SolverError("%s is for iteration %s but the solverstate is at %d"
+                              % (path, extra.get("iter"), iteration))
         log.warning("%s is for iteration %s but the solverstate is at %d; ignoring it",
                     path, extra.get("iter"), iteration)
         return None
@@ -110,3 +156,57 @@ def history_arrays(state, path, shapes, sets, solver_type, dtype):
             raise SolverError("%s: history blob %d: %s" % (path, i, exc)) from None
         arrays.append(np.ascontiguousarray(values.reshape(shape), dtype=dtype))
     return arrays
+
+
+def snapshot_iterations(prefix):
+    """{N: solverstate path} for the ``<prefix>_iter_<N>.solverstate`` files present."""
+    prefix = os.fspath(prefix)
+    folder = os.path.dirname(os.path.abspath(prefix))
+    pattern = re.compile(r"%s_iter_([0-9]+)\.solverstate\Z" % re.escape(os.path.basename(prefix)))
+    found = {}
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return found
+    for name in names:
+        match = pattern.match(name)
+        if match:
+            found[int(match.group(1))] = os.path.join(folder, name)
+    return found
+
+
+def verify_snapshot(state_path, iteration=None):
+    """Check that a snapshot set is complete and consistent: the solverstate parses and
+    holds ``iteration`` (from its name when None), its caffemodel exists, parses and
+    (when our side file recorded it) has the recorded size and CRC-32, and the side
+    file, when present, is for the same iteration. Raises SolverError (or a
+    PyFaceLayersError / OSError from the readers) naming the problem."""
+    state_path = os.fspath(state_path)
+    if iteration is None:
+        match = re.search(r"_iter_([0-9]+)\.solverstate\Z", state_path)
+        iteration = int(match.group(1)) if match else None
+    state = read_state(state_path)
+    if iteration is not None and state.iter != iteration:
+        raise SolverError("%s: holds iteration %d, not %d as its name says"
+                          % (state_path, state.iter, iteration))
+    extra = read_extra(state_path, state.iter, strict=True)
+    if state.learned_net:
+        model = resolve_learned_net(state_path, state.learned_net)
+        check_model(model, extra, state_path)
+        read_caffemodel(model)
+    return state
+
+
+def latest_snapshot(prefix):
+    """The solverstate path of the newest complete snapshot written under ``prefix``
+    (a solver's snapshot_prefix), or None when there is none. Incomplete or
+    inconsistent sets (a process killed while writing them) are skipped with a
+    warning."""
+    for iteration, path in sorted(snapshot_iterations(prefix).items(), reverse=True):
+        try:
+            verify_snapshot(path, iteration)
+        except (PyFaceLayersError, OSError) as exc:
+            log.warning("skipping snapshot %s: %s", path, exc)
+            continue
+        return path
+    return None

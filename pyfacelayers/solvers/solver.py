@@ -7,7 +7,6 @@ averaged), then ApplyUpdate (clip -> normalise -> regularise -> update rule ->
 ``data -= diff``), and only then ``iter += 1``; snapshots come after the increment.
 """
 
-import copy
 import logging
 import math
 import os
@@ -305,7 +304,7 @@ class Solver:
         while self.iter < stop_iter:
             # Kept so that a snapshot taken after an interrupt inside this iteration
             # (which leaves the weights as they were) resumes it exactly.
-            self._start_states = copy.deepcopy(self._layer_states())
+            self._begin_iteration_states()
             self.net.clear_param_diffs()
             if (p.test_interval and self.iter % p.test_interval == 0
                     and (self.iter > 0 or p.test_initialization)):
@@ -327,7 +326,7 @@ class Solver:
             self.apply_update()
             # iter counts the updates done (Caffe increments after ApplyUpdate).
             self.iter += 1
-            self._start_states = None
+            self._end_iteration_states()
             for fn in self._iteration_callbacks:
                 fn(self, loss)
             request = self._requested_action()
@@ -534,10 +533,14 @@ class Solver:
             raise SolverError("cannot snapshot in the middle of an update")
         model = self.snapshot_filename(".caffemodel")
         log.info("Snapshotting to binary proto file %s", model)
-        snap.write_model(model, self.net.to_proto(write_diff=self.param.snapshot_diff))
+        written = snap.write_model(model, self.net, write_diff=self.param.snapshot_diff)
         state_path = self.snapshot_filename(".solverstate")
         log.info("Snapshotting solver state to binary proto file %s", state_path)
-        snap.write_extra(state_path, self._extra_state())
+        # The solverstate goes last: its presence marks the set complete (see
+        # snapshot.latest_snapshot), and the side file records which caffemodel it pairs.
+        extra = self._extra_state()
+        extra["caffemodel"] = written
+        snap.write_extra(state_path, extra)
         snap.write_state(state_path, self.iter, model, self.current_step, self.history)
         self.last_snapshot = (self.iter, state_path)
         return state_path
@@ -546,8 +549,41 @@ class Solver:
         nets = [self.net] + list(self.test_nets)
         return ([n.get_layer_states() for n in nets], [_rng_states(n) for n in nets])
 
+    def _begin_iteration_states(self):
+        """Record the layer states as the iteration starts: get_state() dicts (new dicts
+        of values the layers replace, never change in place, so no copy is needed),
+        and the RNG states through the nets' journals (read only for the Generators
+        used), or eagerly for nets without one."""
+        nets = [self.net] + list(self.test_nets)
+        rngs = []
+        for net in nets:
+            journal = getattr(net, "rng_journal", None)
+            if journal is not None:
+                journal.start()
+            rngs.append(None if journal is not None else _rng_states(net))
+        self._start_states = ([n.get_layer_states() for n in nets], rngs)
+
+    def _end_iteration_states(self):
+        self._start_states = None
+        for net in [self.net] + list(self.test_nets):
+            journal = getattr(net, "rng_journal", None)
+            if journal is not None:
+                journal.stop()
+
+    def _states_at_start(self):
+        layers, rngs = self._start_states
+        nets = [self.net] + list(self.test_nets)
+        out = []
+        for net, states in zip(nets, rngs):
+            if states is None:  # journaled: now, except what was used since the start
+                before = dict(net.rng_journal.before or {})
+                states = _rng_states(net)
+                states.update((k, v) for k, v in before.items() if k in states)
+            out.append(states)
+        return layers, out
+
     def _extra_state(self):
-        layers, rngs = self._start_states or self._layer_states()
+        layers, rngs = self._states_at_start() if self._start_states else self._layer_states()
         return {"iter": self.iter, "type": self.type,
                 "train_net_layer_states": layers[0], "test_net_layer_states": layers[1:],
                 "train_net_rng_states": rngs[0], "test_net_rng_states": rngs[1:]}
@@ -571,6 +607,7 @@ class Solver:
         extra = snap.read_extra(path, state.iter)
         if state.HasField("learned_net") and state.learned_net:
             model = snap.resolve_learned_net(path, state.learned_net)
+            snap.check_model(model, extra, path)
             self.net.copy_from(model)
         self.iter = state.iter
         self.current_step = state.current_step
