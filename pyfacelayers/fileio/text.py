@@ -43,6 +43,18 @@ def read_text_file(path):
     return text
 
 
+def read_list_file(path, what):
+    """The text of a plain list file (image list, pairs file); FormatError naming the
+    file when it cannot be read or is not UTF-8 text."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise FormatError("cannot read %s: %s" % (what, exc.strerror), path=path) from None
+    except UnicodeDecodeError as exc:
+        raise FormatError("not a text file (%s)" % exc.reason, path=path) from None
+
+
 def parse_text(text, message, path="<string>"):
     """Parse prototxt ``text`` into ``message``; errors carry file, line and column."""
     try:

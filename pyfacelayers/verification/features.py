@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import FormatError
 from ..fileio.atomic import atomic_write
+from ..fileio.text import read_list_file
 from ..proto import caffe_pb2
 
 MEAN = 127.5
@@ -35,13 +36,7 @@ def read_image_list(path):
     A line is an image path, optionally followed by an integer label (Caffe's
     ImageData list); the label is dropped. A path may contain spaces.
     """
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise FormatError("cannot read image list: %s" % exc.strerror, path=path) from None
-    except UnicodeDecodeError as exc:
-        raise FormatError("not a text file (%s)" % exc.reason, path=path) from None
+    text = read_list_file(path, "image list")
     entries = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()

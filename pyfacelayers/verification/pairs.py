@@ -12,6 +12,7 @@ it by the key ``name/name_%04d`` (no extension), see :func:`image_key`.
 from collections import namedtuple
 
 from ..errors import FormatError
+from ..fileio.text import read_list_file
 
 Pair = namedtuple("Pair", "left right same fold line")
 Pair.__doc__ = """One pair: image keys ``left``/``right``, ``same`` (True for a matched
@@ -97,14 +98,7 @@ def parse_pairs(text, path="<pairs>", pattern=DEFAULT_PATTERN):
 
 def read_pairs(path, pattern=DEFAULT_PATTERN):
     """Read an LFW pairs file into a :class:`Pairs` list."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as exc:
-        raise FormatError("cannot read pairs file: %s" % exc.strerror, path=path) from None
-    except UnicodeDecodeError as exc:
-        raise FormatError("not a text file (%s)" % exc.reason, path=path) from None
-    return parse_pairs(text, str(path), pattern)
+    return parse_pairs(read_list_file(path, "pairs file"), str(path), pattern)
 
 
 def image_keys(pairs):
