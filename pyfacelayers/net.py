@@ -5,6 +5,7 @@ layers, create and set up each layer, wire in-place tops, share parameters named
 ``param { name }``, and work out which layers and bottoms need a backward pass.
 """
 
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -15,6 +16,7 @@ from .errors import FormatError, NetError
 from .fileio import blob_to_array, legacy_shape_matches, read_caffemodel, read_net
 from .fileio.atomic import atomic_write
 from .fileio.blobs import blob_chunks, fill_blob, message_chunks
+from .fileio.hdf5_weights import is_hdf5_path, read_hdf5_weights, write_hdf5_weights
 from .layers import create_layer
 from .net_graph import filter_net, insert_splits
 from .proto import caffe_pb2
@@ -409,6 +411,8 @@ class Net:
         path = None
         if not isinstance(source, caffe_pb2.NetParameter):
             path = str(source)
+            if is_hdf5_path(path):  # Caffe picks the reader by the suffix too
+                return self.load_hdf5(path)
             source = read_caffemodel(path)
         by_name = dict(zip(self._layer_names, self.layers))
         for lp in source.layer:
@@ -430,6 +434,52 @@ class Net:
                     raise FormatError('layer "%s" param %d: %s' % (lp.name, k, exc),
                                       path) from None
                 blob.data[...] = blob.xp.asarray(values, dtype=blob.dtype)
+
+    def load_hdf5(self, path):
+        """Copy weights by layer name from Caffe's HDF5 weights (pycaffe's load_hdf5,
+        Caffe's CopyTrainedLayersFromHDF5): layers absent from the file keep theirs; a
+        parameter the file lacks is an error unless the net shares it from another layer."""
+        path = os.fspath(path)
+        stored = read_hdf5_weights(path)
+        owned = self._param_ownership()
+        by_name = dict(zip(self._layer_names, self.layers))
+        for name, params in stored.items():
+            layer = by_name.get(name)
+            if layer is None:
+                continue
+            if len(params) > len(layer.blobs) or any(k >= len(layer.blobs) for k in params):
+                raise FormatError('layer "%s": the weights have params %s, the net\'s layer '
+                                  'has %d' % (name, sorted(params), len(layer.blobs)), path)
+            for k, blob in enumerate(layer.blobs):
+                if k not in params:
+                    if owned[name][k]:
+                        raise FormatError('layer "%s": param %d is missing from the weights'
+                                          % (name, k), path)
+                    continue  # shared: its owner's values are copied
+                if params[k].shape != blob.shape:
+                    raise FormatError('cannot copy param %d of layer "%s": shape mismatch, '
+                                      'the weights have %s, the net has %s'
+                                      % (k, name, params[k].shape, blob.shape), path)
+                blob.data[...] = blob.xp.asarray(params[k], dtype=blob.dtype)
+
+    def save_hdf5(self, path, write_diff=False):
+        """Write the weights as Caffe's HDF5 weights (pycaffe's save_hdf5), atomically.
+        Returns (bytes written, their CRC-32)."""
+        owned = self._param_ownership()
+        layers = [(name, [(backend.to_numpy(blob.data),
+                           backend.to_numpy(blob.diff) if write_diff else None, own)
+                          for blob, own in zip(layer.blobs, owned[name])])
+                  for name, layer in zip(self._layer_names, self.layers)]
+        return write_hdf5_weights(path, layers, write_diff)
+
+    def _param_ownership(self):
+        """{layer name: [True where the layer owns param k, False where it shares an
+        earlier layer's]}."""
+        seen, owned = set(), {}
+        for name, layer in zip(self._layer_names, self.layers):
+            owned[name] = [id(blob) not in seen for blob in layer.blobs]
+            seen.update(id(blob) for blob in layer.blobs)
+        return owned
 
     def to_proto(self, write_diff=False):
         """The net and its weights as a NetParameter (Caffe's Net::ToProto)."""

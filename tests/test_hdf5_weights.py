@@ -1,0 +1,143 @@
+"""Caffe's HDF5 weights (.caffemodel.h5): pycaffe's save_hdf5 / load_hdf5, and
+copy_from / Net(model, weights) picking the HDF5 reader by the .h5 suffix."""
+
+import numpy as np
+import pytest
+
+import pyfacelayers as caffe
+from pyfacelayers.errors import FormatError
+
+from conftest import shared_path
+
+h5py = pytest.importorskip("h5py", reason="HDF5 weights need h5py")
+
+SHARED_NET = """
+name: "tied"
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "a" type: "InnerProduct" bottom: "x" top: "y"
+        param { name: "w" } inner_product_param { num_output: 3
+        weight_filler { type: "gaussian" std: 1 } bias_filler { type: "constant" value: 0.5 } } }
+layer { name: "relu" type: "ReLU" bottom: "y" top: "y" }
+layer { name: "b" type: "InnerProduct" bottom: "y" top: "z"
+        param { name: "w" } inner_product_param { num_output: 3
+        bias_filler { type: "constant" value: -1 } } }
+"""
+
+
+def tied_net(tmp_path, seed=0):
+    path = tmp_path / "tied.prototxt"
+    path.write_text(SHARED_NET)
+    return caffe.Net(str(path), caffe.TEST, seed=seed), str(path)
+
+
+def test_b1_small_round_trip_and_caffes_layout(tmp_path):
+    model = shared_path("fixtures", "caffe-ref", "B1_small", "B1_small_train.prototxt")
+    weights = shared_path("fixtures", "caffe-ref", "B1_small", "B1_small.caffemodel")
+    net = caffe.Net(model, weights, caffe.TRAIN)
+    out = tmp_path / "b1.caffemodel.h5"
+    net.save_hdf5(str(out))
+    with h5py.File(out, "r") as f:
+        assert set(f.keys()) == {"data"}
+        # one group per layer, parameter-free layers included, datasets "0", "1", ...
+        assert set(f["data"].keys()) == set(net._layer_names)
+        for name, layer in zip(net._layer_names, net.layers):
+            group = f["data"][name]
+            assert sorted(group.keys()) == [str(k) for k in range(len(layer.blobs))]
+            for k, blob in enumerate(layer.blobs):
+                assert group[str(k)].dtype == np.float32
+                np.testing.assert_array_equal(group[str(k)][()], blob.data)
+    fresh = caffe.Net(model, caffe.TRAIN, seed=5)
+    fresh.copy_from(str(out))                       # the suffix picks the HDF5 reader
+    by_weights = caffe.Net(model, str(out), caffe.TRAIN)
+    for name in net.params:
+        for a, b, c in zip(net.params[name], fresh.params[name], by_weights.params[name]):
+            np.testing.assert_array_equal(a.data, b.data)
+            np.testing.assert_array_equal(a.data, c.data)
+
+
+def test_shared_parameter_written_by_its_owner_only(tmp_path):
+    net, model = tied_net(tmp_path)
+    for layer in net.layers:
+        for blob in layer.blobs:
+            blob.diff[...] = 7.0
+    out = tmp_path / "tied.h5"
+    net.save_hdf5(str(out), write_diff=True)
+    with h5py.File(out, "r") as f:
+        assert sorted(f["data"]["a"].keys()) == ["0", "1"]
+        assert sorted(f["data"]["b"].keys()) == ["1"]        # "0" is a's weight
+        assert sorted(f["diff"]["b"].keys()) == ["0", "1"]   # diffs regardless of sharing
+        assert list(f["data"]["relu"].keys()) == []
+    other, _ = tied_net(tmp_path, seed=3)
+    other.load_hdf5(str(out))
+    for name in ("a", "b"):
+        for p, q in zip(net.params[name], other.params[name]):
+            np.testing.assert_array_equal(p.data, q.data)
+    assert other.params["b"][0] is other.params["a"][0]
+
+
+def write_h5(path, layers, dtype=np.float64):
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        for name, params in layers.items():
+            group = data.create_group(name)
+            for key, values in params.items():
+                group.create_dataset(key, data=np.asarray(values, dtype=dtype))
+
+
+def test_hand_written_file_is_read_as_caffe_reads_it(tmp_path):
+    net, _ = tied_net(tmp_path)
+    path = tmp_path / "hand.h5"
+    w = np.arange(9.0).reshape(3, 3)
+    # float64 values into a float32 net (HDF5 converts, as Caffe's H5LT reads do);
+    # an unknown layer is ignored; b's weight is shared so it may be absent.
+    write_h5(path, {"a": {"0": w, "1": [1, 2, 3]}, "b": {"1": [4, 5, 6]},
+                    "not_in_net": {"0": [1.0]}})
+    net.copy_from(str(path))
+    np.testing.assert_array_equal(net.params["a"][0].data, w.astype(np.float32))
+    np.testing.assert_array_equal(net.params["a"][1].data, [1, 2, 3])
+    np.testing.assert_array_equal(net.params["b"][1].data, [4, 5, 6])
+
+
+@pytest.mark.parametrize("layers, message", [
+    ({"a": {"0": np.zeros((3, 3))}}, 'layer "a": param 1 is missing'),
+    ({"a": {"0": np.zeros((3, 4)), "1": np.zeros(3)}}, "shape mismatch, the weights have "
+                                                       "\\(3, 4\\), the net has \\(3, 3\\)"),
+    ({"a": {"0": np.zeros((3, 3)), "1": np.zeros(3), "2": np.zeros(1)}},
+     'layer "a": the weights have params \\[0, 1, 2\\]'),
+    ({"a": {"w": np.zeros(3)}}, "expected datasets named 0, 1"),
+])
+def test_bad_layouts_are_clear_errors(tmp_path, layers, message):
+    net, _ = tied_net(tmp_path)
+    path = tmp_path / "bad.h5"
+    write_h5(path, layers)
+    with pytest.raises(FormatError, match=message):
+        net.load_hdf5(str(path))
+
+
+def test_files_that_are_not_caffe_hdf5_weights(tmp_path):
+    net, _ = tied_net(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        net.copy_from(str(tmp_path / "missing.caffemodel.h5"))
+    binary = tmp_path / "really_binaryproto.h5"
+    binary.write_bytes(b"\x0a\x03abc" * 10)
+    with pytest.raises(FormatError, match="not a readable HDF5 file"):
+        net.copy_from(str(binary))
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.create_dataset("data", data=np.zeros(3))
+    with pytest.raises(FormatError, match='no group "data"'):
+        net.copy_from(str(tmp_path / "other.h5"))
+    with h5py.File(tmp_path / "ints.h5", "w") as f:
+        f.create_group("data").create_group("a").create_dataset("0", data=np.zeros((3, 3), int))
+    with pytest.raises(FormatError, match="floating-point"):
+        net.copy_from(str(tmp_path / "ints.h5"))
+
+
+def test_dataset_over_the_memory_limit_is_refused_before_reading(tmp_path, monkeypatch):
+    net, _ = tied_net(tmp_path)
+    path = tmp_path / "big.h5"
+    with h5py.File(path, "w") as f:   # 8 GB declared, nothing stored (no fill value written)
+        f.create_group("data").create_group("a").create_dataset("0", shape=(1 << 30,),
+                                                                  dtype=np.float64)
+    monkeypatch.setenv("PYFACELAYERS_MEMORY_LIMIT", "64M")
+    with pytest.raises(MemoryError, match="data/a/0"):
+        net.load_hdf5(str(path))
