@@ -32,9 +32,14 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+try:  # the installed package; else this checkout's (built in place)
+    import pyfacelayers
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import pyfacelayers
+
+# The trainer processes import the same pyfacelayers as this one.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(pyfacelayers.__file__)))
 
 from pyfacelayers.fileio import read_caffemodel  # noqa: E402
 from pyfacelayers.fileio.atomic import stale_temp_files  # noqa: E402
@@ -108,7 +113,7 @@ def _command(resume=None):
 
 def _env():
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = PACKAGE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("PYFACELAYERS_CPU_ONLY", "1")
     env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
     return env
