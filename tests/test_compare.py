@@ -20,6 +20,7 @@ from conftest import shared_path
 import pyfacelayers as caffe
 from pyfacelayers import cli
 from pyfacelayers import compare as C
+from pyfacelayers.compare.report import array_errors, summary_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DUMP_SCRIPT = os.path.join(ROOT, "tools", "dump_caffe_blobs.py")
@@ -439,12 +440,12 @@ def test_keys_and_errors():
         with pytest.raises(ValueError):
             C.split_key(bad)
     ref = np.array([3.0, 4.0, np.nan])
-    assert C._errors(np.array([3.0, 4.0, np.nan]), ref) == (0.0, 0.0)
-    max_abs, rel = C._errors(np.array([3.0, 4.5, np.nan]), ref)
+    assert array_errors(np.array([3.0, 4.0, np.nan]), ref) == (0.0, 0.0)
+    max_abs, rel = array_errors(np.array([3.0, 4.5, np.nan]), ref)
     assert max_abs == 0.5 and rel == pytest.approx(0.1)
-    assert C._errors(np.array([3.0, 4.0, 1.0]), ref)[1] == float("inf")
-    assert C._errors(np.zeros(2), np.zeros(2)) == (0.0, 0.0)
-    assert C._errors(np.array([1e-6, 0]), np.zeros(2))[1] == pytest.approx(1e-6)
+    assert array_errors(np.array([3.0, 4.0, 1.0]), ref)[1] == float("inf")
+    assert array_errors(np.zeros(2), np.zeros(2)) == (0.0, 0.0)
+    assert array_errors(np.array([1e-6, 0]), np.zeros(2))[1] == pytest.approx(1e-6)
 
 
 def test_summary_of_a_blob_of_another_size_is_a_shape_row(b1_reference, tmp_path):
@@ -452,7 +453,7 @@ def test_summary_of_a_blob_of_another_size_is_a_shape_row(b1_reference, tmp_path
     ref = C.load_reference(b1_reference)
     arrays = dict(ref.arrays)
     values = np.arange(10.0)
-    sums, idx, vals = C._summary(values)
+    sums, idx, vals = summary_of(values)
     arrays.update({"data/res2_3#sum_sumsq": sums, "data/res2_3#idx": idx,
                    "data/res2_3#vals": vals})
     del arrays["data/res2_3"]

@@ -19,7 +19,7 @@ is its loss weight, as Caffe sets it) or, for a net without a loss, from ``--top
 (an .npz with one array per output blob). Caffe computes the diff of the input blobs
 only when the prototxt says ``force_backward: true``.
 
-Keys written (format "pyfacelayers-blob-dump" version 1; see pyfacelayers/compare.py):
+Keys written (format "pyfacelayers-blob-dump" version 1; see pyfacelayers/compare/reference.py):
 input/<blob>, data/<blob>, data/<blob>@<layer>, param/<layer>/<i>, lambda/<layer>,
 iter/<layer>, and with --backward diff/<blob>, diff/<blob>@<layer>, param_diff/<layer>/<i>;
 meta_json holds Caffe's version, phase, net name, blob order and layers.
