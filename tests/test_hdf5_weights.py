@@ -141,3 +141,91 @@ def test_dataset_over_the_memory_limit_is_refused_before_reading(tmp_path, monke
     monkeypatch.setenv("PYFACELAYERS_MEMORY_LIMIT", "64M")
     with pytest.raises(MemoryError, match="data/a/0"):
         net.load_hdf5(str(path))
+
+
+# -- snapshot_format: HDF5 -----------------------------------------------------------------
+SOLVER = """net_param {
+  name: "h5net"
+  layer { name: "data" type: "DummyData" top: "x" top: "label"
+          dummy_data_param { shape { dim: 4 dim: 5 } shape { dim: 4 }
+                             data_filler { type: "gaussian" std: 1 }
+                             data_filler { type: "uniform" min: 0 max: 2.9 } } }
+  layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+          inner_product_param { num_output: 3 bias_term: false
+                                      weight_filler { type: "gaussian" std: 0.3 } } }
+  layer { name: "loss" type: "SoftmaxWithLoss" bottom: "y" bottom: "label" top: "loss" }
+}
+type: "%s" base_lr: 0.05 momentum: 0.9 weight_decay: 0.001 lr_policy: "fixed"
+max_iter: 10 random_seed: 5 snapshot_format: HDF5 snapshot_prefix: "%s"
+"""
+
+
+def h5_solver(tmp_path, solver_type="SGD"):
+    path = tmp_path / ("solver_%s.prototxt" % solver_type)
+    path.write_text(SOLVER % (solver_type, tmp_path / "snap"))
+    return caffe.get_solver(str(path))
+
+
+@pytest.mark.parametrize("solver_type", ["SGD", "Adam"])
+def test_hdf5_snapshot_layout_and_exact_resume(tmp_path, solver_type):
+    full = h5_solver(tmp_path, solver_type)
+    full.step(5)
+    first = h5_solver(tmp_path, solver_type)
+    first.step(3)
+    state_path = first.snapshot()
+    assert state_path == str(tmp_path / "snap_iter_3.solverstate.h5")
+    with h5py.File(state_path, "r") as f:   # Caffe's SnapshotSolverStateToHDF5 layout
+        assert f["iter"].shape == (1,) and f["iter"][0] == 3
+        assert f["current_step"][0] == 0
+        assert f["learned_net"][()].decode() == str(tmp_path / "snap_iter_3.caffemodel.h5")
+        sets = 2 if solver_type == "Adam" else 1
+        assert sorted(f["history"].keys()) == [str(i) for i in range(sets)]
+        np.testing.assert_array_equal(f["history"]["0"][()], first.history[0])
+    with h5py.File(tmp_path / "snap_iter_3.caffemodel.h5", "r") as f:
+        np.testing.assert_array_equal(f["data"]["ip"]["0"][()], first.net.params["ip"][0].data)
+    from pyfacelayers.solvers.snapshot import latest_snapshot
+    assert latest_snapshot(str(tmp_path / "snap")) == state_path
+    resumed = h5_solver(tmp_path, solver_type)
+    resumed.restore(state_path)
+    assert resumed.iter == 3
+    resumed.step(2)
+    np.testing.assert_array_equal(resumed.net.params["ip"][0].data, full.net.params["ip"][0].data)
+
+
+def test_caffe_written_hdf5_state_restores(tmp_path):
+    # As Caffe's H5LT calls write it: int32 (1,) datasets and a null-terminated string.
+    solver = h5_solver(tmp_path)
+    weights = tmp_path / "w.caffemodel.h5"
+    solver.net.params["ip"][0].data[...] = 0.125
+    solver.net.save_hdf5(str(weights))
+    state = tmp_path / "caffe.solverstate.h5"
+    with h5py.File(state, "w") as f:
+        f.create_dataset("iter", data=np.array([7], np.int32))
+        f.create_dataset("current_step", data=np.array([0], np.int32))
+        text = np.bytes_(b"w.caffemodel.h5\0")
+        f.create_dataset("learned_net", data=text)
+        f.create_group("history").create_dataset("0", data=np.full((3, 5), 0.5))
+    fresh = h5_solver(tmp_path)
+    fresh.restore(str(state))
+    assert fresh.iter == 7
+    np.testing.assert_array_equal(fresh.net.params["ip"][0].data, np.full((3, 5), 0.125))
+    np.testing.assert_array_equal(fresh.history[0], np.full((3, 5), 0.5, np.float32))
+
+
+def test_bad_hdf5_states_are_clear_errors(tmp_path):
+    solver = h5_solver(tmp_path)
+    path = tmp_path / "bad.solverstate.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("iter", data=np.array([1], np.int32))
+    with pytest.raises(FormatError, match='no group "history"'):
+        solver.restore(str(path))
+    with h5py.File(path, "w") as f:
+        f.create_dataset("iter", data=np.array([1], np.int32))
+        f.create_group("history").create_dataset("0", data=np.zeros((2, 2)))
+    from pyfacelayers.solvers.lr_policy import SolverError
+    with pytest.raises(SolverError, match=r"history blob 0 has shape \(2, 2\)"):
+        solver.restore(str(path))
+    with h5py.File(path, "w") as f:
+        f.create_dataset("iter", data=np.array([1.5]))
+    with pytest.raises(FormatError, match='integer dataset "iter"'):
+        solver.restore(str(path))

@@ -25,7 +25,7 @@ def is_hdf5_path(path):
     return os.fspath(path).endswith(".h5")
 
 
-def _h5py(path):
+def require_h5py(path):
     try:
         import h5py
     except ImportError:
@@ -37,7 +37,7 @@ def _h5py(path):
 def write_hdf5_weights(path, layers, write_diff=False):
     """Write ``layers`` — (name, [(array, diff array or None, owned)]) per layer, in
     net order — as Caffe's HDF5 weights, atomically. Returns (bytes, CRC-32)."""
-    h5py = _h5py(path)
+    h5py = require_h5py(path)
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         data = f.create_group("data")
@@ -57,7 +57,7 @@ def read_hdf5_weights(path):
     """{layer name: {param index: array}} from an HDF5 weights file, in the file's
     order. Clear errors for a missing file, a file that is not HDF5, or a layout that is
     not Caffe's."""
-    h5py = _h5py(path)
+    h5py = require_h5py(path)
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError("no such file: %s" % path)

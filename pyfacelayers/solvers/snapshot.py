@@ -1,4 +1,5 @@
-"""Snapshot files: Caffe's binary .caffemodel and .solverstate, plus our side file.
+"""Snapshot files: Caffe's .caffemodel and .solverstate (binary proto, or HDF5 with
+``snapshot_format: HDF5``: .caffemodel.h5 and .solverstate.h5), plus our side file.
 
 ``<prefix>_iter_<N>.solverstate`` is Caffe's SolverState (iter, learned_net, history,
 current_step), readable by Caffe and read back from Caffe's own files. State Caffe
@@ -26,6 +27,8 @@ from ..fileio.blobs import blob_chunks, blob_shape, blob_to_array, message_chunk
 from ..proto import caffe_pb2
 from ..errors import PyFaceLayersError
 from ..fileio import atomic_write, read_binary_proto, read_caffemodel
+from ..fileio.hdf5_weights import is_hdf5_path, read_hdf5_weights
+from .hdf5_state import read_state_hdf5, write_state_hdf5
 from .lr_policy import SolverError
 
 log = logging.getLogger("pyfacelayers")
@@ -36,7 +39,10 @@ EXTRA_FORMAT = "pyfacelayers-solverstate-extra"
 
 def write_model(path, net, write_diff=False):
     """Write the net's caffemodel; returns its {"file", "bytes", "crc32"} for the side
-    file."""
+    file. A ``.h5`` path is written as Caffe's HDF5 weights."""
+    if is_hdf5_path(path):
+        size, crc = net.save_hdf5(path, write_diff=write_diff)
+        return {"file": os.path.basename(os.fspath(path)), "bytes": size, "crc32": crc}
     if hasattr(net, "caffemodel_chunks"):
         pieces = net.caffemodel_chunks(write_diff)
     else:  # a net object with pycaffe's to_proto only
@@ -72,6 +78,10 @@ def check_model(model_path, extra, state_path):
 
 
 def write_state(path, iteration, learned_net, current_step, history):
+    if is_hdf5_path(path):
+        write_state_hdf5(path, iteration, learned_net, current_step,
+                         [backend.to_numpy(h) for h in history])
+        return
     state = caffe_pb2.SolverState()
     state.iter = iteration
     state.learned_net = learned_net
@@ -81,7 +91,16 @@ def write_state(path, iteration, learned_net, current_step, history):
 
 
 def read_state(path):
+    """Caffe's SolverState message, or for a .h5 file an object with the same fields
+    (its ``history`` holding arrays)."""
+    if is_hdf5_path(path):
+        return read_state_hdf5(path)
     return read_binary_proto(path, caffe_pb2.SolverState, "solverstate")
+
+
+def read_weights(path):
+    """Parse a caffemodel (binary or HDF5) in full: a check that it is readable."""
+    return read_hdf5_weights(path) if is_hdf5_path(path) else read_caffemodel(path)
 
 
 def extra_path(state_path):
@@ -144,6 +163,13 @@ def history_arrays(state, path, shapes, sets, solver_type, dtype):
     arrays = []
     for i, blob in enumerate(state.history):
         shape = tuple(shapes[i % len(shapes)])
+        if isinstance(blob, np.ndarray):  # HDF5: already an array, N-D shape
+            if blob.shape != shape:
+                raise SolverError("%s: history blob %d has shape %s but learnable param %d "
+                                  "of the net has shape %s"
+                                  % (path, i, blob.shape, i % len(shapes), shape))
+            arrays.append(np.ascontiguousarray(blob, dtype=dtype))
+            continue
         stored = blob_shape(blob)
         legacy = any(blob.HasField(f) for f in ("num", "channels", "height", "width"))
         padded = (1,) * (4 - len(shape)) + shape if len(shape) <= 4 else None
@@ -159,10 +185,11 @@ def history_arrays(state, path, shapes, sets, solver_type, dtype):
 
 
 def snapshot_iterations(prefix):
-    """{N: solverstate path} for the ``<prefix>_iter_<N>.solverstate`` files present."""
+    """{N: solverstate path} for the ``<prefix>_iter_<N>.solverstate`` (or
+    ``.solverstate.h5``) files present."""
     prefix = os.fspath(prefix)
     folder = os.path.dirname(os.path.abspath(prefix))
-    pattern = re.compile(r"%s_iter_([0-9]+)\.solverstate\Z" % re.escape(os.path.basename(prefix)))
+    pattern = re.compile(r"%s_iter_([0-9]+)\.solverstate(\.h5)?\Z" % re.escape(os.path.basename(prefix)))
     found = {}
     try:
         names = os.listdir(folder)
@@ -183,7 +210,7 @@ def verify_snapshot(state_path, iteration=None):
     PyFaceLayersError / OSError from the readers) naming the problem."""
     state_path = os.fspath(state_path)
     if iteration is None:
-        match = re.search(r"_iter_([0-9]+)\.solverstate\Z", state_path)
+        match = re.search(r"_iter_([0-9]+)\.solverstate(\.h5)?\Z", state_path)
         iteration = int(match.group(1)) if match else None
     state = read_state(state_path)
     if iteration is not None and state.iter != iteration:
@@ -193,7 +220,7 @@ def verify_snapshot(state_path, iteration=None):
     if state.learned_net:
         model = resolve_learned_net(state_path, state.learned_net)
         check_model(model, extra, state_path)
-        read_caffemodel(model)
+        read_weights(model)
     return state
 
 

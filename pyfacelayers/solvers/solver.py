@@ -20,7 +20,6 @@ from ..proto import caffe_pb2
 from . import snapshot as snap
 from ..fileio import read_net, read_solver
 from .lr_policy import SolverError, check_lr_policy, learning_rate
-from .updates import RULES
 
 log = logging.getLogger("pyfacelayers")
 
@@ -109,10 +108,6 @@ class Solver:
             raise SolverError("%s: average_loss must be >= 1, got %d" % (where, p.average_loss))
         if p.iter_size < 1:
             raise SolverError("%s: iter_size must be >= 1, got %d" % (where, p.iter_size))
-        takes_snapshots = p.snapshot > 0 or p.snapshot_after_train
-        if p.snapshot_format != caffe_pb2.SolverParameter.BINARYPROTO and takes_snapshots:
-            raise SolverError("%s: only snapshot_format BINARYPROTO is supported (HDF5 is "
-                              "not); set snapshot_format: BINARYPROTO" % where)
         if p.snapshot < 0:
             raise SolverError("%s: snapshot must be >= 0, got %d" % (where, p.snapshot))
         self.rule.check(where)
@@ -527,15 +522,18 @@ class Solver:
         return "%s_iter_%d%s" % (self.param.snapshot_prefix, self.iter, extension)
 
     def snapshot(self):
-        """Write <prefix>_iter_<N>.caffemodel, the .solverstate and its side file.
+        """Write <prefix>_iter_<N>.caffemodel, the .solverstate and its side file (with
+        ``snapshot_format: HDF5``: .caffemodel.h5 and .solverstate.h5, as Caffe).
         Returns the solverstate path."""
         if self._in_update:
             raise SolverError("cannot snapshot in the middle of an update")
-        model = self.snapshot_filename(".caffemodel")
-        log.info("Snapshotting to binary proto file %s", model)
+        hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
+        suffix, kind = (".h5", "HDF5 file") if hdf5 else ("", "binary proto file")
+        model = self.snapshot_filename(".caffemodel" + suffix)
+        log.info("Snapshotting to %s %s", kind, model)
         written = snap.write_model(model, self.net, write_diff=self.param.snapshot_diff)
-        state_path = self.snapshot_filename(".solverstate")
-        log.info("Snapshotting solver state to binary proto file %s", state_path)
+        state_path = self.snapshot_filename(".solverstate" + suffix)
+        log.info("Snapshotting solver state to %s %s", kind, state_path)
         # The solverstate goes last: its presence marks the set complete (see
         # snapshot.latest_snapshot), and the side file records which caffemodel it pairs.
         extra = self._extra_state()
@@ -597,15 +595,12 @@ class Solver:
         """Resume from a .solverstate (ours or Caffe's): iteration, current_step, the
         history, the weights of ``learned_net`` and our side file when present."""
         path = os.fspath(path)
-        if path.endswith(".h5"):
-            raise SolverError("%s: HDF5 solver states are not supported (use the binary "
-                              ".solverstate)" % path)
         state = snap.read_state(path)
         params = self.net.learnable_params
         history = snap.history_arrays(state, path, [p.data.shape for p in params],
                                       self.rule.history_sets, self.type, self.dtype)
         extra = snap.read_extra(path, state.iter)
-        if state.HasField("learned_net") and state.learned_net:
+        if state.learned_net:
             model = snap.resolve_learned_net(path, state.learned_net)
             snap.check_model(model, extra, path)
             self.net.copy_from(model)
