@@ -229,3 +229,13 @@ def test_bad_hdf5_states_are_clear_errors(tmp_path):
         f.create_dataset("iter", data=np.array([1.5]))
     with pytest.raises(FormatError, match='integer dataset "iter"'):
         solver.restore(str(path))
+
+
+def test_info_lists_hdf5_weights(tmp_path, capsys):
+    from pyfacelayers.cli import main
+    net, _ = tied_net(tmp_path)
+    net.save_hdf5(str(tmp_path / "tied.caffemodel.h5"))
+    assert main(["info", str(tmp_path / "tied.caffemodel.h5")]) == 0
+    out = capsys.readouterr().out
+    assert "HDF5 weights" in out and "4 layers" in out
+    assert "3x3  3" in out and "parameters: 15" in out   # b's shared weight stored once

@@ -3,6 +3,7 @@
 import numpy as np
 
 from ..fileio import blob_shape, read_caffemodel, read_net
+from ..fileio.hdf5_weights import is_hdf5_path, read_hdf5_weights
 from ..fileio.text import read_text_file
 from ..proto import caffe_pb2
 
@@ -11,7 +12,7 @@ def register(subparsers):
     p = subparsers.add_parser(
         "info", help="list the layers of a .prototxt (with blob shapes when known) or the "
                      "layers and blob shapes of a .caffemodel")
-    p.add_argument("file", help="a net .prototxt or a .caffemodel")
+    p.add_argument("file", help="a net .prototxt, a .caffemodel or a .caffemodel.h5")
     p.add_argument("--phase", choices=["TRAIN", "TEST"], default="TEST",
                    help="phase used to compute blob shapes (default TEST)")
     from . import _common
@@ -33,7 +34,9 @@ def run(args):
         binary = _is_binary(args.file)
     except FileNotFoundError:
         raise FileNotFoundError("no such file: %s" % args.file) from None
-    if binary:
+    if is_hdf5_path(args.file):
+        show_hdf5_weights(args.file)
+    elif binary:
         show_caffemodel(args.file)
     else:
         read_text_file(args.file)  # clear errors for odd files before parsing
@@ -51,6 +54,17 @@ def show_caffemodel(path):
         total += sum(int(np.prod(s)) for s in shapes)
         print("  %-28s %-20s %s" % (layer.name, layer.type,
                                     "  ".join("x".join(map(str, s)) for s in shapes)))
+    print("parameters: %d" % total)
+
+
+def show_hdf5_weights(path):
+    layers = read_hdf5_weights(path)
+    print("HDF5 weights %s: %d layers" % (path, len(layers)))
+    total = 0
+    for name, params in layers.items():
+        shapes = [params[k].shape for k in sorted(params)]
+        total += sum(int(np.prod(s)) for s in shapes)
+        print("  %-28s %s" % (name, "  ".join("x".join(map(str, s)) for s in shapes)))
     print("parameters: %d" % total)
 
 
