@@ -357,7 +357,11 @@ class Net:
                         'cannot copy param %d of layer "%s": shape mismatch, the weights '
                         'have %s, the net has %s' % (k, lp.name, _stored_shape(stored),
                                                      blob.shape), path)
-                values = blob_to_array(stored).reshape(blob.shape)
+                try:
+                    values = blob_to_array(stored).reshape(blob.shape)
+                except ValueError as exc:
+                    raise FormatError('layer "%s" param %d: %s' % (lp.name, k, exc),
+                                      path) from None
                 blob.data[...] = blob.xp.asarray(values, dtype=blob.dtype)
 
     def to_proto(self, write_diff=False):

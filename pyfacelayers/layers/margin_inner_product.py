@@ -230,6 +230,8 @@ class MarginInnerProduct(Layer):
                 raise self.error("state %s must be an integer, got %r" % (key, value))
             if key != "iteration" and value < 0:
                 raise self.error("state %s must be >= 0, got %d" % (key, value))
+            if abs(value) >= 2 ** 63:  # the kernels take 64-bit counters
+                raise self.error("state %s is out of range, got %d" % (key, value))
             setattr(self, key, int(value))
 
     # -- checked views ---------------------------------------------------------------
