@@ -54,20 +54,21 @@ class Current:
 def worker(args):
     """The child: run ``args.runs`` inputs of one target, flushing stats as it goes."""
     _limit_memory(args.memory_mb)
-    from .engine import BuiltinFuzzer, Stats, run_one
-
-    findings = os.path.join(args.out, "findings")
-    stats_path = os.path.join(args.out, "%s-%s.json" % (args.worker, args.chunk))
-    current = Current(stats_path + ".current")
     use_atheris = args.engine == "atheris"
     if use_atheris:
         import atheris
-        with atheris.instrument_imports(include=["pyfacelayers", "fuzz"]):
+        # Instrument before anything imports the package, so its code reports coverage.
+        with atheris.instrument_imports(include=["pyfacelayers", "fuzz", "google.protobuf"]):
+            from .engine import BuiltinFuzzer, Stats, run_one
             from .targets import load
             target = load(args.worker)
     else:
+        from .engine import BuiltinFuzzer, Stats, run_one
         from .targets import load
         target = load(args.worker)
+    findings = os.path.join(args.out, "findings")
+    stats_path = os.path.join(args.out, "%s-%s.json" % (args.worker, args.chunk))
+    current = Current(stats_path + ".current")
     stats = Stats(args.worker, findings)
     stats.write(stats_path)
     deadline = time.time() + args.seconds if args.seconds else None
