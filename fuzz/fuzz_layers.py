@@ -8,6 +8,7 @@ reshape of an input and Forward again."""
 import numpy as np
 
 import pyfacelayers as caffe
+from pyfacelayers.fileio import parse_text
 from pyfacelayers.proto import caffe_pb2
 
 from .decoder import Decoder
@@ -136,9 +137,7 @@ def seeds():
 
 def one_input(data):
     d, text, bottoms, dtype = build(data)
-    net_param = caffe_pb2.NetParameter()
-    from google.protobuf import text_format
-    text_format.Parse(text, net_param)
+    net_param = parse_text(text, caffe_pb2.NetParameter())
     with np.errstate(all="ignore"):
         net = caffe.Net(net_param, caffe.TRAIN, dtype=dtype, seed=0)
         _fill(d, net, bottoms)
