@@ -12,7 +12,8 @@
 Findings are every other exception (IndexError, KeyError, AttributeError,
 RecursionError, UnicodeDecodeError, struct.error, a protobuf DecodeError leaking
 unwrapped, a bare ValueError from numpy ...), a crash of the interpreter, or a hang.
-``MemoryError`` is counted apart as "pending": absurd sizes are bounded by the
+``MemoryError`` (and numpy's "array is too big" ValueError, its twin for sizes past
+the address space) is counted apart as "pending": absurd sizes are bounded by the
 resource limits (PYFACELAYERS_MEMORY_LIMIT / ResourceLimitError), not by the parsers.
 """
 
@@ -21,6 +22,9 @@ from pyfacelayers.errors import PyFaceLayersError
 FILE_ERRORS = (PyFaceLayersError,)
 KERNEL_ERRORS = (ValueError, TypeError)
 LAYER_ERRORS = (PyFaceLayersError,)
+
+# numpy's refusals of an allocation larger than the address space.
+_NUMPY_SIZE_MESSAGES = ("array is too big", "Maximum allowed dimension exceeded")
 
 EXPECTED = "expected"
 PENDING = "pending"
@@ -34,6 +38,7 @@ def classify(exc, documented):
         return EXPECTED, name
     if isinstance(exc, OSError) and documented is not KERNEL_ERRORS and exc.filename:
         return EXPECTED, name
-    if isinstance(exc, MemoryError):
+    if isinstance(exc, MemoryError) or (type(exc) is ValueError and any(
+            m in str(exc) for m in _NUMPY_SIZE_MESSAGES)):
         return PENDING, name
     return FINDING, name
