@@ -211,3 +211,11 @@ def test_empty_buffers_return_at_once():
     bottom_diff = np.ones((1, 1, 3, 3), np.float32)
     _C.ave_pool_backward(np.zeros((1, 1, 0, 2), np.float32), bottom_diff, 2, 2, 1, 1, 0, 0)
     assert not bottom_diff.any()
+
+
+def test_gpu_window_parameters_bounded_alike():
+    # The CUDA twins take the same 32-bit bound (checked in Python, no device needed).
+    from pyfacelayers.gpu import vision
+    vision._check_window("im2col", 3, 2 ** 31 - 1)
+    with pytest.raises(ValueError, match="at most 2147483647"):
+        vision._check_window("im2col", 3, 2 ** 32)
