@@ -62,8 +62,10 @@ def _byte_ops(data, rng, pool):
     return bytes(data)
 
 
-def _text_ops(data, rng, pool):
-    op = rng.randrange(8)
+def _text_ops(data, rng, pool, structured=False):
+    # structured: only edits that keep most of the text parseable (numbers, names,
+    # tokens, whole lines), so that inputs reach the code behind the parser.
+    op = rng.choice((0, 0, 0, 0, 4, 4, 4, 5, 2, 3, 6)) if structured else rng.randrange(8)
     if op == 0:  # a number becomes an edge value
         numbers = list(_NUMBER.finditer(data))
         if numbers:
@@ -108,8 +110,14 @@ def _text_ops(data, rng, pool):
 
 
 def mutate(data, rng, pool=(), text=False, max_len=1 << 16):
-    """``data`` after 1..4 random mutations (``rng`` is a random.Random)."""
+    """``data`` after 1..4 random mutations (``rng`` is a random.Random). ``text``:
+    False (bytes), True (text-aware and byte mutations) or "structured" (text-aware
+    edits that mostly keep a prototxt parseable)."""
     for _ in range(rng.choice((1, 1, 1, 2, 2, 3, 4))):
-        data = _text_ops(data, rng, pool) if text and rng.random() < 0.7 else \
-            _byte_ops(data, rng, pool)
+        if text == "structured" and rng.random() < 0.95:
+            data = _text_ops(data, rng, pool, structured=True)
+        elif text and rng.random() < 0.7:
+            data = _text_ops(data, rng, pool)
+        else:
+            data = _byte_ops(data, rng, pool)
     return data[:max_len]

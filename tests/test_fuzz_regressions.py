@@ -219,3 +219,14 @@ def test_gpu_window_parameters_bounded_alike():
     vision._check_window("im2col", 3, 2 ** 31 - 1)
     with pytest.raises(ValueError, match="at most 2147483647"):
         vision._check_window("im2col", 3, 2 ** 32)
+
+
+@pytest.mark.parametrize("layer", [
+    'type: "Input" top: "x" input_param { shape { dim: 2 dim: -1 } }',
+    'type: "DummyData" top: "x" dummy_data_param { shape { dim: 2 dim: -1 } }',
+])
+def test_negative_input_dimension(layer):
+    # A bare ValueError from Blob.reshape before (input_dim: -1 in a prototxt).
+    with pytest.raises(LayerError, match="negative dimension"):
+        caffe.Net(parse_text('layer { name: "in" %s }' % layer, caffe_pb2.NetParameter()),
+                  caffe.TEST)

@@ -38,8 +38,12 @@ class _DataLayer(Layer):
                                rng=self.rng, error=self.error)
 
 
-def _blob_shape(shape):
-    return tuple(int(d) for d in shape.dim)
+def _blob_shape(shape, layer):
+    """A BlobShape as a tuple; its dims are int64, and Caffe refuses negative ones."""
+    dims = tuple(int(d) for d in shape.dim)
+    if any(d < 0 for d in dims):
+        raise layer.error("shape %s has a negative dimension" % (dims,))
+    return dims
 
 
 @register
@@ -56,7 +60,7 @@ class InputLayer(_DataLayer):
                              "%d tops vs. %d shapes" % (len(top), len(shapes)))
         for i, blob in enumerate(top):
             if shapes:
-                blob.reshape(_blob_shape(shapes[0 if len(shapes) == 1 else i]))
+                blob.reshape(_blob_shape(shapes[0 if len(shapes) == 1 else i], self))
 
     def forward(self, bottom, top):
         pass
@@ -96,7 +100,7 @@ class DummyDataLayer(_DataLayer):
             if has_legacy:
                 blob.reshape(tuple(v[0 if len(v) == 1 else i] for v in legacy.values()))
             else:
-                blob.reshape(_blob_shape(p.shape[0 if len(p.shape) == 1 else i]))
+                blob.reshape(_blob_shape(p.shape[0 if len(p.shape) == 1 else i], self))
         # Constant tops never change: fill them now, and the others on every forward.
         self._fill(top, constant=True)
 
