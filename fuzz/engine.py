@@ -48,7 +48,8 @@ class Stats:
     def _save(self, data, key, exc):
         tb = traceback.extract_tb(exc.__traceback__) if exc is not None else []
         where = "%s:%d" % (os.path.basename(tb[-1].filename), tb[-1].lineno) if tb else "?"
-        signature = (key, where)
+        message = _SIGNATURE_DIGITS.sub("#", str(exc))[:60] if exc is not None else ""
+        signature = (key, where, message)
         if signature in self.signatures or self.saved[key] >= 20:
             return
         self.signatures.add(signature)

@@ -230,3 +230,14 @@ def test_negative_input_dimension(layer):
     with pytest.raises(LayerError, match="negative dimension"):
         caffe.Net(parse_text('layer { name: "in" %s }' % layer, caffe_pb2.NetParameter()),
                   caffe.TEST)
+
+
+def test_in_place_layer_changing_shape_refused():
+    # InnerProduct computing in place ("pool" -> "pool") reshaped its own input: a bare
+    # "cannot reshape array" ValueError at Forward before.
+    from pyfacelayers.errors import NetError
+    text = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 6 } } }'
+            'layer { name: "fc" type: "InnerProduct" bottom: "x" top: "x" '
+            'inner_product_param { num_output: 3 } }')
+    with pytest.raises(NetError, match="in place"):
+        caffe.Net(parse_text(text, caffe_pb2.NetParameter()), caffe.TEST)
