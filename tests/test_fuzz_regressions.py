@@ -241,3 +241,15 @@ def test_in_place_layer_changing_shape_refused():
             'inner_product_param { num_output: 3 } }')
     with pytest.raises(NetError, match="in place"):
         caffe.Net(parse_text(text, caffe_pb2.NetParameter()), caffe.TEST)
+
+
+def test_side_file_caffemodel_record_must_be_a_map(tmp_path):
+    solver = caffe.get_solver(_solver_text(tmp_path))
+    state_path = solver.snapshot()
+    with open(state_path + ".pfl.json") as f:
+        extra = json.load(f)
+    extra["caffemodel"] = 5
+    with open(state_path + ".pfl.json", "w") as f:
+        json.dump(extra, f)
+    with pytest.raises(SolverError, match="corrupt side file"):
+        caffe.get_solver(_solver_text(tmp_path)).restore(state_path)

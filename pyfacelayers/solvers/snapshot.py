@@ -94,6 +94,12 @@ def check_extra(extra, path, nets):
     if extra is None:
         return
     where = extra_path(path)
+    recorded = extra.get("caffemodel")  # the caffemodel the set was written with
+    if recorded is not None and not (
+            isinstance(recorded, dict)
+            and all(isinstance(recorded.get(k), int) for k in ("bytes", "crc32"))):
+        raise SolverError("%s: corrupt side file (caffemodel must record integer bytes and "
+                          "crc32, got %r)" % (where, recorded))
 
     keys = (("train_net_layer_states", "test_net_layer_states"),
             ("train_net_rng_states", "test_net_rng_states"))
