@@ -11,7 +11,7 @@ import signal
 import time
 import traceback
 
-from .expected import EXPECTED, FINDING, PENDING, classify
+from .expected import FINDING, PENDING, classify
 from .mutate import mutate
 
 

@@ -149,21 +149,18 @@ def run_target(args, target):
         stats_path = os.path.join(args.out, "%s-%s.json" % (target, chunk))
         proc = _child(args, target, args.runs - done, chunk, args.seed + 1000 * chunk_no,
                       left_s)
-        last_count, last_change, stalled = -1, time.time(), False
+        # The child rewrites its .current file before every input: when that stops for
+        # long past the per-input timeout (which SIGALRM enforces in Python code), the
+        # child is stuck where the alarm cannot reach (C++ with the GIL released).
+        last_change, stalled = time.time(), False
         while proc.poll() is None:
             time.sleep(1)
             stats = _read_json(stats_path)
-            count = stats["executed"] if stats else -1
             try:
-                touched = os.path.getmtime(stats_path + ".current")
+                last_change = max(last_change, os.path.getmtime(stats_path + ".current"))
             except OSError:
-                touched = 0
-            if count != last_count:
-                last_count = count
-            recent = max(last_change, touched)
-            if touched > last_change:
-                last_change = touched
-            if time.time() - recent > max(3 * args.timeout, 30) and stats is not None:
+                pass
+            if time.time() - last_change > max(3 * args.timeout, 30) and stats is not None:
                 stalled = True
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()

@@ -12,7 +12,7 @@ import pytest
 
 import pyfacelayers as caffe
 from pyfacelayers import _C
-from pyfacelayers.errors import FormatError, LayerError, PyFaceLayersError
+from pyfacelayers.errors import FormatError, LayerError
 from pyfacelayers.fileio import parse_text, read_caffemodel
 from pyfacelayers.proto import caffe_pb2
 from pyfacelayers.solvers.lr_policy import SolverError
