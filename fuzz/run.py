@@ -166,6 +166,8 @@ def run_target(args, target):
                 proc.wait()
         stats = _read_json(stats_path) or {"executed": 0}
         finished = proc.returncode == 0 and not stalled
+        # libFuzzer (atheris) exits with 70 when an input passes -timeout.
+        stalled = stalled or (args.engine == "atheris" and proc.returncode == 70)
         if not finished:
             data = Current.read(stats_path + ".current")
             kind = "hang" if stalled else "crash"
