@@ -190,9 +190,14 @@ def run_target(args, target):
 
 
 def collect(out, targets=None):
-    """Totals per target over every chunk summary in ``out``."""
+    """Totals per target over every chunk summary in ``out`` (a folder, a list of
+    folders, or of summary files)."""
     totals = {}
-    for path in sorted(glob.glob(os.path.join(out, "*.json"))):
+    paths = []
+    for place in [out] if isinstance(out, str) else out:
+        paths += sorted(glob.glob(os.path.join(place, "*.json"))) if os.path.isdir(place) \
+            else [place]
+    for path in paths:
         stats = _read_json(path)
         if not stats or "target" not in stats:
             continue
@@ -238,8 +243,9 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(ROOT, "fuzz-results"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"))
-    parser.add_argument("--summary", action="store_true",
-                        help="only print the table of what --out holds")
+    parser.add_argument("--summary", nargs="*", metavar="PLACE",
+                        help="only print the table of the runs in --out, or in the given "
+                             "folders / summary files")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--chunk", default="0", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -254,11 +260,13 @@ def main(argv=None):
     if args.worker:
         return worker(args)
     targets = [t for t in args.targets.split(",") if t]
-    if not args.summary:
-        for target in targets:
-            crashes, hangs = run_target(args, target)
-            print("%s: done (%s engine)%s" % (target, args.engine,
-                  "".join("\n  %s" % p for p in crashes + hangs)), flush=True)
+    if args.summary is not None:
+        print(table(collect(args.summary or args.out, targets)))
+        return 0
+    for target in targets:
+        crashes, hangs = run_target(args, target)
+        print("%s: done (%s engine)%s" % (target, args.engine,
+              "".join("\n  %s" % p for p in crashes + hangs)), flush=True)
     print(table(collect(args.out, targets)))
     return 0
 
