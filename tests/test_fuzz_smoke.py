@@ -69,3 +69,37 @@ def _run(target, inputs, bad):
             kind, exc_name, exc = run_one(target, data, timeout=20)
             if kind not in (None, EXPECTED, PENDING):
                 bad.append("%s %s: %s (input %r)" % (kind, exc_name, exc, data[:200]))
+
+
+def test_runner_records_a_crashing_child(tmp_path, monkeypatch):
+    # The parent of fuzz.run must survive a child that dies on a signal, count the
+    # crash, save the input it was running, and go on in a fresh child.
+    import argparse
+    import json
+    import subprocess
+    from fuzz import run
+
+    def fake_child(args, target, runs, chunk, seed, seconds):
+        stats = os.path.join(args.out, "%s-%s.json" % (target, chunk))
+        crash = int(chunk.rsplit("-", 1)[1]) == 0  # the first child crashes
+        code = (
+            "import ctypes, json, struct, os\n"
+            "open(%r + '.current', 'wb').write(struct.pack('<Q', 3) + b'bad')\n"
+            "json.dump({'target': %r, 'executed': %d, 'counts': {'ok': %d}, 'seconds': 1},"
+            " open(%r, 'w'))\n"
+            "%s\n" % (stats, target, 5 if crash else runs, 5 if crash else runs, stats,
+                      "ctypes.string_at(0)" if crash else ""))
+        return subprocess.Popen([sys.executable, "-c", code])
+
+    monkeypatch.setattr(run, "_child", fake_child)
+    args = argparse.Namespace(
+        runs=8, seconds=0, out=str(tmp_path), tag="t", seed=0, timeout=10,
+        engine="builtin", memory_mb=0)
+    crashes, hangs = run.run_target(args, "kernels")
+    assert len(crashes) == 1 and not hangs
+    with open(crashes[0], "rb") as f:
+        assert f.read() == b"bad"
+    totals = run.collect(str(tmp_path))["kernels"]
+    assert totals["executed"] == 8 and totals["counts"]["crash"] == 1
+    with open(os.path.join(str(tmp_path), "kernels-t-0.json")) as f:
+        assert json.load(f)["child_exit"] < 0  # killed by a signal
