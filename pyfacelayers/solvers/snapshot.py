@@ -146,7 +146,7 @@ def _try_rng_state(layer, state):
 
 # What a malformed state raises (numpy's bit generators raise all of these).
 _BAD_STATE_ERRORS = (ValueError, TypeError, KeyError, OverflowError, AttributeError,
-                          IndexError)
+                     IndexError)
 
 
 def history_arrays(state, path, shapes, sets, solver_type, dtype):
