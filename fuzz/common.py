@@ -23,8 +23,14 @@ def scratch_dir():
         base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) \
             else None
         _scratch["dir"] = tempfile.mkdtemp(prefix="pfl-fuzz-", dir=base)
-        atexit.register(shutil.rmtree, _scratch["dir"], True)
+        atexit.register(cleanup)
     return _scratch["dir"]
+
+
+def cleanup():
+    """Remove the scratch folder (also called before an os._exit, which skips atexit)."""
+    if "dir" in _scratch:
+        shutil.rmtree(_scratch.pop("dir"), True)
 
 
 def write_scratch(name, data):

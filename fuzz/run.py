@@ -92,7 +92,9 @@ def worker(args):
             stats.record(data, kind, name, exc)
             if stats.executed >= args.runs or (deadline and time.time() > deadline):
                 stats.write(stats_path)
-                os._exit(0)
+                from .common import cleanup
+                cleanup()
+                os._exit(0)  # libFuzzer would go on; atexit handlers do not run
             flush()
 
         argv = [sys.argv[0], "-runs=%d" % (args.runs + 10 ** 6), "-timeout=%d" % args.timeout,
