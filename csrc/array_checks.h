@@ -32,4 +32,33 @@ py::array_t<T> require_array(const py::handle& obj, const std::string& what) {
   return py::reinterpret_borrow<py::array_t<T>>(arr);
 }
 
+// Window parameters (kernel, pad, stride, dilation) are Caffe's 32-bit fields, and no
+// real image axis comes near 2^46 values: within these bounds every size the kernels
+// derive (extent, padded size, output size) fits a long. Larger values (possible with
+// zero-size arrays, or from a direct call) would overflow and let a wrapped size pass
+// the shape checks; they are refused instead.
+constexpr long kMaxWindowParam = (1L << 31) - 1;
+constexpr long kMaxAxisSize = 1L << 46;
+
+inline void require_window_param(long value, long lo, const std::string& what) {
+  if (value < lo || value > kMaxWindowParam)
+    throw py::value_error(what + " must be in [" + std::to_string(lo) + ", " +
+                          std::to_string(kMaxWindowParam) + "], got " + std::to_string(value));
+}
+
+inline void require_axis_size(long value, const std::string& what) {
+  if (value > kMaxAxisSize)
+    throw py::value_error(what + " has " + std::to_string(value) + " entries, over " +
+                          std::to_string(kMaxAxisSize));
+}
+
+// a * b, or a ValueError naming ``what`` when the product does not fit a long.
+inline long checked_mul(long a, long b, const std::string& what) {
+  long out;
+  if (__builtin_mul_overflow(a, b, &out))
+    throw py::value_error(what + ": size " + std::to_string(a) + " x " + std::to_string(b) +
+                          " overflows");
+  return out;
+}
+
 }  // namespace pfl

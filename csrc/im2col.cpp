@@ -194,9 +194,13 @@ ConvGeometry make_geometry(const py::array& im, const py::array& col, long kerne
   if (kernel_h < 1 || kernel_w < 1 || stride_h < 1 || stride_w < 1 || dilation_h < 1 ||
       dilation_w < 1 || pad_h < 0 || pad_w < 0)
     throw py::value_error(name + ": kernel, stride and dilation must be >= 1 and pad >= 0");
+  for (long v : {kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_h, pad_w})
+    require_window_param(v, 0, name + ": kernel, pad, stride and dilation");
   if (im.ndim() != 4)
     throw py::value_error(name + ": image must be 4-D (num, channels, height, width), got " +
                           shape_str(im));
+  require_axis_size(im.shape(2), name + ": image height");
+  require_axis_size(im.shape(3), name + ": image width");
   ConvGeometry g{im.shape(0), im.shape(1), im.shape(2), im.shape(3), kernel_h, kernel_w,
                  pad_h,       pad_w,       stride_h,    stride_w,    dilation_h, dilation_w,
                  0,           0};
@@ -204,12 +208,13 @@ ConvGeometry make_geometry(const py::array& im, const py::array& col, long kerne
   g.out_w = conv_out_size(g.width, kernel_w, pad_w, stride_w, dilation_w);
   if (g.out_h < 1 || g.out_w < 1)
     throw py::value_error(name + ": the (dilated) kernel is larger than the padded image");
-  const long rows = g.channels * kernel_h * kernel_w;
+  const long rows = checked_mul(g.channels, checked_mul(kernel_h, kernel_w, name), name);
+  const long positions = checked_mul(g.out_h, g.out_w, name);
   if (col.ndim() != 3 || col.shape(0) != rows || col.shape(1) != g.num ||
-      col.shape(2) != g.out_h * g.out_w)
+      col.shape(2) != positions)
     throw py::value_error(name + ": column buffer must have shape (" + std::to_string(rows) +
                           ", " + std::to_string(g.num) + ", " +
-                          std::to_string(g.out_h * g.out_w) + "), got " + shape_str(col));
+                          std::to_string(positions) + "), got " + shape_str(col));
   return g;
 }
 
@@ -220,6 +225,7 @@ void im2col_array(const py::array& im_obj, const py::array& col_obj, const long*
   ConvGeometry g = make_geometry(im, col, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7],
                                  "im2col");
   T* out = col.mutable_data();
+  if (col.size() == 0) return;  // no columns to write (the window loops would still run)
   py::gil_scoped_release release;
   im2col_cpu<T>(im.data(), g, out);
 }
@@ -231,6 +237,7 @@ void col2im_array(const py::array& col_obj, const py::array& im_obj, const long*
   ConvGeometry g = make_geometry(im, col, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7],
                                  "col2im");
   T* out = im.mutable_data();
+  if (col.size() == 0) return;  // then the image is empty too: nothing to write
   py::gil_scoped_release release;
   col2im_cpu<T>(col.data(), g, out);
 }
@@ -257,6 +264,9 @@ ConvGeometryND make_geometry_nd(const py::array& im, const py::array& col,
   for (long a = 0; a < axes; ++a) {
     if (kernel[a] < 1 || stride[a] < 1 || dilation[a] < 1 || pad[a] < 0)
       throw py::value_error(name + ": kernel, stride and dilation must be >= 1 and pad >= 0");
+    for (long v : {kernel[a], stride[a], dilation[a], pad[a]})
+      require_window_param(v, 0, name + ": kernel, pad, stride and dilation");
+    require_axis_size(im.shape(a + 2), name + ": image axis " + std::to_string(a + 2));
     g.in[a] = im.shape(a + 2);
     g.kernel[a] = kernel[a];
     g.pad[a] = pad[a];
@@ -265,8 +275,8 @@ ConvGeometryND make_geometry_nd(const py::array& im, const py::array& col,
     g.out[a] = conv_out_size(g.in[a], kernel[a], pad[a], stride[a], dilation[a]);
     if (g.out[a] < 1)
       throw py::value_error(name + ": the (dilated) kernel is larger than the padded image");
-    rows *= kernel[a];
-    positions *= g.out[a];
+    rows = checked_mul(rows, kernel[a], name);
+    positions = checked_mul(positions, g.out[a], name);
   }
   if (col.ndim() != 3 || col.shape(0) != rows || col.shape(1) != g.num ||
       col.shape(2) != positions)
@@ -284,6 +294,7 @@ void im2col_nd_array(const py::array& im_obj, const py::array& col_obj,
   auto col = require_array<T>(col_obj, "im2col_nd: columns");
   const ConvGeometryND g = make_geometry_nd(im, col, k, p, s, d, "im2col_nd");
   T* out = col.mutable_data();
+  if (col.size() == 0) return;
   py::gil_scoped_release release;
   im2col_nd_cpu<T>(im.data(), g, out);
 }
@@ -296,6 +307,7 @@ void col2im_nd_array(const py::array& col_obj, const py::array& im_obj,
   auto im = require_array<T>(im_obj, "col2im_nd: image");
   const ConvGeometryND g = make_geometry_nd(im, col, k, p, s, d, "col2im_nd");
   T* out = im.mutable_data();
+  if (col.size() == 0) return;
   py::gil_scoped_release release;
   col2im_nd_cpu<T>(col.data(), g, out);
 }

@@ -116,12 +116,21 @@ PoolGeometry make_geometry(const py::array& image, const py::array& pooled, long
     throw py::value_error(fn + ": kernel and stride must be >= 1");
   if (pad_h < 0 || pad_w < 0 || pad_h >= kernel_h || pad_w >= kernel_w)
     throw py::value_error(fn + ": pad must be >= 0 and smaller than the kernel");
+  for (long v : {kernel_h, kernel_w, stride_h, stride_w})
+    require_window_param(v, 1, fn + ": kernel and stride");
   if (image.ndim() != 4 || pooled.ndim() != 4)
     throw py::value_error(fn + ": image and pooled arrays must be 4-D, got " +
                           shape_str(image) + " and " + shape_str(pooled));
   if (image.shape(0) != pooled.shape(0) || image.shape(1) != pooled.shape(1))
     throw py::value_error(fn + ": image " + shape_str(image) + " and pooled " +
                           shape_str(pooled) + " differ in num or channels");
+  // Window starts (index * stride - pad) and ends must fit a long.
+  for (int a = 2; a < 4; ++a) {
+    require_axis_size(image.shape(a), fn + ": image axis " + std::to_string(a));
+    if (checked_mul(pooled.shape(a), a == 2 ? stride_h : stride_w, fn) > kMaxAxisSize)
+      throw py::value_error(fn + ": pooled axis " + std::to_string(a) + " of " +
+                            shape_str(pooled) + " is too long for its stride");
+  }
   return PoolGeometry{image.shape(0) * image.shape(1), image.shape(2), image.shape(3),
                       pooled.shape(2), pooled.shape(3), kernel_h, kernel_w, stride_h,
                       stride_w, pad_h, pad_w};
@@ -147,6 +156,7 @@ void max_forward(const py::array& b, const py::array& t, const py::array& m, con
   check_mask(mask, top, "max_pool_forward");
   T* out = top.mutable_data();
   int64_t* arg = mask.mutable_data();
+  if (top.size() == 0) return;  // no windows (the loops would still walk the axes)
   py::gil_scoped_release release;
   max_pool_forward_cpu<T>(bottom.data(), g, out, arg);
 }
@@ -178,6 +188,7 @@ void ave_forward(const py::array& b, const py::array& t, const long* k) {
   const PoolGeometry g =
       make_geometry(bottom, top, k[0], k[1], k[2], k[3], k[4], k[5], "ave_pool_forward");
   T* out = top.mutable_data();
+  if (top.size() == 0) return;  // no windows (the loops would still walk the axes)
   py::gil_scoped_release release;
   ave_pool_forward_cpu<T>(bottom.data(), g, out);
 }
@@ -189,6 +200,10 @@ void ave_backward(const py::array& td, const py::array& bd, const long* k) {
   const PoolGeometry g = make_geometry(bottom_diff, top_diff, k[0], k[1], k[2], k[3], k[4],
                                        k[5], "ave_pool_backward");
   T* out = bottom_diff.mutable_data();
+  if (top_diff.size() == 0) {  // no windows: the gradient is zero
+    std::fill(out, out + bottom_diff.size(), T(0));
+    return;
+  }
   py::gil_scoped_release release;
   ave_pool_backward_cpu<T>(top_diff.data(), g, out);
 }

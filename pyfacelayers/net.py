@@ -184,7 +184,17 @@ class Net:
                     available.remove(name)
             if lp.type == "Input":
                 self.inputs.extend(lp.top)
+            in_place_shapes = [(j, b.shape) for j, b in enumerate(bottoms)
+                               if j < len(tops) and tops[j] is b]
             layer.setup(bottoms, tops)
+            for j, shape in in_place_shapes:
+                # The top is the bottom's blob: a layer that reshapes it (InnerProduct
+                # "fc" -> "fc") would read its input in the wrong shape.
+                if tops[j].shape != shape:
+                    raise NetError('layer "%s" (%s) computes in place on blob "%s" but '
+                                   'changes its shape from %s to %s; give the top another '
+                                   'name' % (lp.name, lp.type, lp.top[j], shape,
+                                             tops[j].shape))
             self._share_params(i, layer, lp, owners)
             # Parameters: learned unless lr_mult is 0 (Caffe's param_need_backward).
             param_need = []

@@ -4,6 +4,7 @@ mean image) and .solverstate (SolverState). Writes are atomic."""
 import mmap
 import os
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 
 from .. import limits
@@ -76,15 +77,21 @@ def read_binary_proto(path, message_class, what):
     mapped = _open_checked(path, what)
     try:
         if len(mapped) >= STREAM_THRESHOLD:
-            return parse_in_parts(mapped, message_class, what, path)
-        raw = mapped[:]
+            message = parse_in_parts(mapped, message_class, what, path)
+            raw = None
+        else:
+            raw = mapped[:]
     finally:
         mapped.close()
-    message = message_class()
-    try:
-        message.ParseFromString(raw)
-    except (DecodeError, RuntimeError, ValueError) as exc:
-        raise FormatError("truncated or corrupt %s (%s)" % (what, exc), path) from None
+    if raw is not None:
+        message = message_class()
+        try:
+            message.ParseFromString(raw)
+        except (DecodeError, RuntimeError, ValueError) as exc:
+            raise FormatError("truncated or corrupt %s (%s)" % (what, exc), path) from None
+    bad = _undecodable_text_field(message)
+    if bad is not None:
+        raise FormatError("corrupt %s: text field %s is not valid UTF-8" % (what, bad), path)
     return message
 
 
@@ -169,6 +176,34 @@ def parse_in_parts(buf, message_class, what, path=None, start=0, end=None):
         raise FormatError("truncated or corrupt %s (%s)" % (what, exc), path) from None
     message.MergeFrom(others)
     return message
+
+
+def _is_repeated(field):
+    # protobuf >= 5 has is_repeated (and 7 dropped label); older ones only label.
+    if hasattr(field, "is_repeated"):
+        return field.is_repeated
+    return field.label == FieldDescriptor.LABEL_REPEATED
+
+
+def _undecodable_text_field(message, prefix=""):
+    """The dotted name of the first string field whose bytes are not UTF-8, or None.
+
+    The protobuf runtime parses such a field but hands it back as bytes, and it fails
+    later, far from the file, when copied into another message (a V1 upgrade)."""
+    for field, value in message.ListFields():
+        name = prefix + field.name
+        repeated = _is_repeated(field)
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            for i, item in enumerate(value if repeated else [value]):
+                bad = _undecodable_text_field(item, "%s[%d]." % (name, i) if repeated
+                                              else name + ".")
+                if bad is not None:
+                    return bad
+        elif field.type == FieldDescriptor.TYPE_STRING:
+            for item in value if repeated else [value]:
+                if isinstance(item, bytes):
+                    return name
+    return None
 
 
 def write_binary_proto(path, message):

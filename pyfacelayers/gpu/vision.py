@@ -9,6 +9,17 @@ import numpy as np
 from . import check, cuda_module, ptr, stream
 
 
+# As the CPU kernels (csrc/array_checks.h): window parameters are Caffe's 32-bit
+# fields; larger ones would overflow the kernels' long/int index arithmetic.
+MAX_WINDOW_PARAM = 2 ** 31 - 1
+
+
+def _check_window(fn, *values):
+    if max(values) > MAX_WINDOW_PARAM:
+        raise ValueError("%s: kernel, pad, stride and dilation must be at most %d, got %d"
+                         % (fn, MAX_WINDOW_PARAM, max(values)))
+
+
 def _out_size(size, kernel, pad, stride, dilation):
     return (size + 2 * pad - (dilation * (kernel - 1) + 1)) // stride + 1
 
@@ -22,6 +33,8 @@ def _conv_checks(im, col, kernel_h, kernel_w, pad_h, pad_w, stride_h, stride_w,
     if min(kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w) < 1 or \
             min(pad_h, pad_w) < 0:
         raise ValueError(fn + ": kernel, stride and dilation must be >= 1 and pad >= 0")
+    _check_window(fn, kernel_h, kernel_w, pad_h, pad_w, stride_h, stride_w, dilation_h,
+                  dilation_w)
     num, channels, height, width = im.shape
     oh = _out_size(height, kernel_h, pad_h, stride_h, dilation_h)
     ow = _out_size(width, kernel_w, pad_w, stride_w, dilation_w)
@@ -79,6 +92,7 @@ def _pool_checks(image, pooled, kernel_h, kernel_w, stride_h, stride_w, pad_h, p
         raise ValueError(fn + ": kernel and stride must be >= 1")
     if pad_h < 0 or pad_w < 0 or pad_h >= kernel_h or pad_w >= kernel_w:
         raise ValueError(fn + ": pad must be >= 0 and smaller than the kernel")
+    _check_window(fn, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w)
     if image.ndim != 4 or pooled.ndim != 4:
         raise ValueError("%s: image and pooled arrays must be 4-D, got %s and %s"
                          % (fn, image.shape, pooled.shape))

@@ -143,6 +143,9 @@ class ConvolutionBase(Layer):
         if any(s < 1 for s in out_spatial):
             raise self.error("the (dilated) kernel %s is larger than the padded input %s"
                              % (self.kernel, in_spatial))
+        if self.reverse_dimensions and any(s < 1 for s in in_spatial):
+            # No input grid to spread: the output size formula would still give >= 1.
+            raise self.error("deconvolution input %s has an empty spatial axis" % (first,))
         self.in_spatial, self.out_spatial = in_spatial, out_spatial
         top_shape = tuple(first[:self.channel_axis]) + (self.num_output,) + tuple(out_spatial)
         for t in top:
@@ -195,7 +198,7 @@ class ConvolutionBase(Layer):
         """Weights as (group, rows, kernel_cols): rows are the weight's axis 0 per group."""
         w = self.blobs[0].data
         g = self.group
-        return w.reshape(g, w.shape[0] // g, -1)
+        return w.reshape(g, w.shape[0] // g, int(np.prod(w.shape[1:], dtype=np.int64)))
 
     def _unfold(self, images, positions):
         """im2col of (n, C, *spatial) images into a (group, C/group*prod(k), n*positions) array."""
@@ -209,7 +212,8 @@ class ConvolutionBase(Layer):
         """col2im of (group, rows, n*positions) columns into (n, C, *spatial) images
         (overwritten)."""
         n = images.shape[0]
-        col = array_module(col).ascontiguousarray(col).reshape(-1, n, col.shape[-1] // n)
+        rows = images.shape[1] * int(np.prod(self.k2))  # not -1: the buffer may be empty
+        col = array_module(col).ascontiguousarray(col).reshape(rows, n, col.shape[-1] // n)
         col2im(col, images, self.k2, self.p2, self.s2, self.d2)
 
     @staticmethod
@@ -289,12 +293,12 @@ class ConvolutionBase(Layer):
             x_g = self._to_groups(x[s:e], self.group)
             self._fold(array_module(w).matmul(w.transpose(0, 2, 1), x_g), y[s:e])
         if self.bias_term:
-            y_flat = t.data.reshape(self.num, self.num_output, -1)
+            y_flat = t.data.reshape(self.num, self.num_output, int(np.prod(self.out_spatial)))
             self._add_bias(y_flat)
 
     def _backward_deconv(self, t, down, b):
         in_pos = int(np.prod(self.in_spatial))
-        dy_flat = t.diff.reshape(self.num, self.num_output, -1)
+        dy_flat = t.diff.reshape(self.num, self.num_output, int(np.prod(self.out_spatial)))
         self._accumulate_bias_grad(dy_flat)
         need_w = wants_param_grad(self, 0)
         if not (need_w or down):

@@ -10,6 +10,8 @@ with maf = moving_average_fraction. With global stats (the default in TEST) the
 stored statistics are used. There is no scale/shift: a Scale layer follows in nets.
 """
 
+import math
+
 from ..backend import array_module
 from ..proto import caffe_pb2
 from .base import Layer, register
@@ -63,7 +65,9 @@ class BatchNormLayer(Layer):
 
     def _view(self, array):
         """(N, C, spatial) view of a bottom-shaped array."""
-        return array.reshape(array.shape[0] if array.ndim else 1, self.channels, -1)
+        # The last axis explicitly: -1 cannot be inferred when N or C is 0.
+        return array.reshape(array.shape[0] if array.ndim else 1, self.channels,
+                             math.prod(array.shape[2:]))
 
     def forward(self, bottom, top):
         xp = array_module(bottom[0].data)
@@ -81,7 +85,7 @@ class BatchNormLayer(Layer):
             var = (centered * centered).mean(axis=(0, 2))
             maf = dt(self.moving_average_fraction)
             self.blobs[2].data[...] = self.blobs[2].data * maf + dt(1)
-            m = x.size // self.channels
+            m = x.size // self.channels if self.channels else 0
             correction = dt(m) / dt(m - 1) if m > 1 else dt(1)
             self.blobs[0].data[...] = mean + maf * self.blobs[0].data
             self.blobs[1].data[...] = correction * var + maf * self.blobs[1].data

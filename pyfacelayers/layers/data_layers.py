@@ -39,7 +39,9 @@ class _DataLayer(Layer):
                                rng=self.rng, error=self.error)
 
 
-def _blob_shape(shape):
+def _blob_shape(shape, layer):
+    """A BlobShape as a tuple (its dims are int64; Blob.reshape refuses negative ones
+    with a ShapeError naming the layer)."""
     return tuple(int(d) for d in shape.dim)
 
 
@@ -57,7 +59,7 @@ class InputLayer(_DataLayer):
                              "%d tops vs. %d shapes" % (len(top), len(shapes)))
         for i, blob in enumerate(top):
             if shapes:
-                blob.reshape(_blob_shape(shapes[0 if len(shapes) == 1 else i]))
+                blob.reshape(_blob_shape(shapes[0 if len(shapes) == 1 else i], self))
 
     def forward(self, bottom, top):
         pass
@@ -97,7 +99,7 @@ class DummyDataLayer(_DataLayer):
             if has_legacy:
                 blob.reshape(tuple(v[0 if len(v) == 1 else i] for v in legacy.values()))
             else:
-                blob.reshape(_blob_shape(p.shape[0 if len(p.shape) == 1 else i]))
+                blob.reshape(_blob_shape(p.shape[0 if len(p.shape) == 1 else i], self))
         # Constant tops never change: fill them now, and the others on every forward.
         self._fill(top, constant=True)
 

@@ -46,6 +46,9 @@ class SoftmaxWithLossLayer(Layer):
         self.axis = canonical_axis(self, bottom[0], self.param.softmax_param.axis)
         self.dims = split_axis(bottom[0], self.axis)
         outer, channels, inner = self.dims
+        if channels == 0 and outer * inner:
+            raise self.error("prediction %s has no classes (axis %d is 0)"
+                             % (bottom[0].shape, self.axis))
         if outer * inner != bottom[1].count:
             raise self.error(
                 "prediction %s with softmax axis %d needs %d labels (one per outer x inner "

@@ -167,7 +167,10 @@ class MarginInnerProduct(Layer):
             if p.HasField("weight_filler"):
                 from ..fillers import fill  # lazy: fillers is its own module
                 # The setter moves host values to the device (cupy refuses [...] = numpy).
-                weight.data = fill(p.weight_filler, (n, k), self.dtype, self.rng)
+                try:
+                    weight.data = fill(p.weight_filler, (n, k), self.dtype, self.rng)
+                except ValueError as exc:
+                    raise self.error("weight_filler: %s" % exc) from None
             # else: Caffe's default filler, constant 0 (a forward rejects zero rows).
             self.blobs = [weight]
         if p.triplet and self.triplet_seed is None:
@@ -230,6 +233,8 @@ class MarginInnerProduct(Layer):
                 raise self.error("state %s must be an integer, got %r" % (key, value))
             if key != "iteration" and value < 0:
                 raise self.error("state %s must be >= 0, got %d" % (key, value))
+            if abs(value) >= 2 ** 63:  # the kernels take 64-bit counters
+                raise self.error("state %s is out of range, got %d" % (key, value))
             setattr(self, key, int(value))
 
     # -- checked views ---------------------------------------------------------------

@@ -54,7 +54,8 @@ class PReLULayer(Layer):
         top[0].reshape(shape)
 
     def _view(self, array, shape):
-        return array.reshape(shape[0], shape[1], -1)
+        # The last axis explicitly: -1 cannot be inferred when N or C is 0.
+        return array.reshape(shape[0], shape[1], int(np.prod(shape[2:], dtype=np.int64)))
 
     def forward(self, bottom, top):
         xp = array_module(bottom[0].data)

@@ -9,6 +9,8 @@ def softmax(x, outer, channels, inner):
     """Softmax of ``x`` viewed as (outer, channels, inner), over the channels."""
     xp = array_module(x)
     x = x.reshape(outer, channels, inner)
+    if x.size == 0:  # nothing to normalise (and max() of an empty axis is an error)
+        return xp.empty_like(x)
     e = xp.exp(x - x.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 

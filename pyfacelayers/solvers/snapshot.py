@@ -152,6 +152,68 @@ def resolve_learned_net(state_path, learned_net):
                       'at %s)' % (state_path, learned_net, ", ".join(candidates)))
 
 
+def check_extra(extra, path, nets):
+    """Raise SolverError unless the side file's layer and RNG states fit ``nets`` (the
+    train net, then the test nets), trying each on a scratch copy: a corrupt side file
+    is refused before restore changes anything."""
+    if extra is None:
+        return
+    where = extra_path(path)
+    recorded = extra.get("caffemodel")  # the caffemodel the set was written with
+    if recorded is not None and not (
+            isinstance(recorded, dict)
+            and all(isinstance(recorded.get(k), int) for k in ("bytes", "crc32"))):
+        raise SolverError("%s: corrupt side file (caffemodel must record integer bytes and "
+                          "crc32, got %r)" % (where, recorded))
+
+    keys = (("train_net_layer_states", "test_net_layer_states"),
+            ("train_net_rng_states", "test_net_rng_states"))
+    for train_key, test_key in keys:
+        train = extra.get(train_key, {})
+        tests = extra.get(test_key, [])
+        if not isinstance(train, dict) or not isinstance(tests, list) or \
+                not all(isinstance(t, dict) for t in tests):
+            raise SolverError("%s: corrupt side file (%s must map layer names to states, "
+                              "%s must be a list of such maps)" % (where, train_key, test_key))
+        for net, states in zip(nets, [train] + tests):
+            for layer in getattr(net, "layers", []):
+                state = states.get(getattr(layer, "name", None))
+                if state is None:
+                    continue
+                try:
+                    if train_key == "train_net_layer_states":
+                        _try_layer_state(layer, state)
+                    else:
+                        _try_rng_state(layer, state)
+                except _BAD_STATE_ERRORS as exc:
+                    raise SolverError('%s: corrupt side file: layer "%s": %s'
+                                      % (where, layer.name, exc)) from None
+
+
+def _try_layer_state(layer, state):
+    if not hasattr(layer, "set_state"):
+        return
+    if not isinstance(state, dict):
+        raise TypeError("the layer state must be a JSON object, got %r" % (state,))
+    saved = layer.get_state()
+    try:
+        layer.set_state(state)
+    finally:
+        layer.set_state(saved)
+
+
+def _try_rng_state(layer, state):
+    bit_generator = getattr(getattr(layer, "rng", None), "bit_generator", None)
+    if bit_generator is None:
+        return
+    type(bit_generator)().state = state  # a scratch generator: the layer's is untouched
+
+
+# What a malformed state raises (numpy's bit generators raise all of these).
+_BAD_STATE_ERRORS = (ValueError, TypeError, KeyError, OverflowError, AttributeError,
+                     IndexError)
+
+
 def history_arrays(state, path, shapes, sets, solver_type, dtype):
     """The history blobs of ``state`` as arrays, checked against the net's params."""
     expected = len(shapes) * sets

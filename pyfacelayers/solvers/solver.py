@@ -600,6 +600,7 @@ class Solver:
         history = snap.history_arrays(state, path, [p.data.shape for p in params],
                                       self.rule.history_sets, self.type, self.dtype)
         extra = snap.read_extra(path, state.iter)
+        snap.check_extra(extra, path, [self.net] + list(self.test_nets))
         if state.learned_net:
             model = snap.resolve_learned_net(path, state.learned_net)
             snap.check_model(model, extra, path)
