@@ -34,6 +34,18 @@ def require_h5py(path):
     return h5py
 
 
+def open_hdf5(path):
+    """(the h5py module, the file opened for reading); FileNotFoundError for a missing
+    file, FormatError for one that is not HDF5."""
+    h5py = require_h5py(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError("no such file: %s" % os.fspath(path))
+    try:
+        return h5py, h5py.File(path, "r")
+    except OSError as exc:
+        raise FormatError("not a readable HDF5 file (%s)" % exc, os.fspath(path)) from None
+
+
 def write_hdf5_weights(path, layers, write_diff=False):
     """Write ``layers`` — (name, [(array, diff array or None, owned)]) per layer, in
     net order — as Caffe's HDF5 weights, atomically. Returns (bytes, CRC-32)."""
@@ -57,14 +69,8 @@ def read_hdf5_weights(path):
     """{layer name: {param index: array}} from an HDF5 weights file, in the file's
     order. Clear errors for a missing file, a file that is not HDF5, or a layout that is
     not Caffe's."""
-    h5py = require_h5py(path)
+    h5py, handle = open_hdf5(path)
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError("no such file: %s" % path)
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise FormatError("not a readable HDF5 file (%s)" % exc, path) from None
     with handle:
         data = handle.get("data")
         if not isinstance(data, h5py.Group):

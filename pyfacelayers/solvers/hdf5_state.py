@@ -15,7 +15,7 @@ import numpy as np
 from .. import limits
 from ..errors import FormatError
 from ..fileio.atomic import atomic_write
-from ..fileio.hdf5_weights import require_h5py
+from ..fileio.hdf5_weights import open_hdf5, require_h5py
 
 
 class Hdf5SolverState:
@@ -53,14 +53,8 @@ def _int(handle, name, path):
 def read_state_hdf5(path):
     """An :class:`Hdf5SolverState` from a .solverstate.h5; FormatError naming what is
     missing or malformed."""
-    h5py = require_h5py(path)
+    h5py, handle = open_hdf5(path)
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError("no such file: %s" % path)
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise FormatError("not a readable HDF5 file (%s)" % exc, path) from None
     with handle:
         iteration = _int(handle, "iter", path)
         current_step = _int(handle, "current_step", path) if "current_step" in handle else 0
