@@ -172,12 +172,17 @@ def test_image_data_position_and_order_restore(tmp_path, shuffle):
     states = json.loads(json.dumps(a.get_layer_states()))  # through the side file's JSON
     assert states["d"]["line_id"] == 12 % 7
     assert ("order" in states["d"]) == shuffle
+    _check_resumed_batches(a, path, states, 3)
+
+
+def _check_resumed_batches(a, path, states, batches):
+    """A fresh net given ``a``'s layer states and RNG state yields a's next batches."""
     rng_state = a.layers[0].rng.bit_generator.state
-    expected = [a.forward()["label"].copy() for _ in range(3)]
+    expected = [a.forward()["label"].copy() for _ in range(batches)]
     b = caffe.Net(path, caffe.TRAIN)
     b.set_layer_states(states)
     b.layers[0].rng.bit_generator.state = rng_state
-    got = [b.forward()["label"].copy() for _ in range(3)]
+    got = [b.forward()["label"].copy() for _ in range(batches)]
     for x, y in zip(got, expected):
         np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(b.blobs["data"].data, a.blobs["data"].data)
@@ -256,15 +261,7 @@ def test_hdf5_data_position_and_orders_restore(tmp_path, shuffle):
         a.forward()
     states = json.loads(json.dumps(a.get_layer_states()))
     assert ("row_order" in states["h"]) == shuffle
-    rng_state = a.layers[0].rng.bit_generator.state
-    expected = [a.forward()["label"].copy() for _ in range(4)]
-    b = caffe.Net(path, caffe.TRAIN)
-    b.set_layer_states(states)
-    b.layers[0].rng.bit_generator.state = rng_state
-    got = [b.forward()["label"].copy() for _ in range(4)]
-    for x, y in zip(got, expected):
-        np.testing.assert_array_equal(x, y)
-    np.testing.assert_array_equal(b.blobs["data"].data, a.blobs["data"].data)
+    _check_resumed_batches(a, path, states, 4)
 
 
 def test_hdf5_data_state_checked(tmp_path):
