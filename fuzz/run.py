@@ -125,6 +125,10 @@ def _child(args, target, runs, chunk, seed, seconds):
         cmd += ["--seconds", str(int(seconds))]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if args.memory_mb and "PYFACELAYERS_MEMORY_LIMIT" not in env:
+        # The library's own limit (ResourceLimitError) must act before the address-space
+        # limit does (a bare MemoryError): a quarter leaves room for temporaries.
+        env["PYFACELAYERS_MEMORY_LIMIT"] = "%dM" % max(1, args.memory_mb // 4)
     log = open(os.path.join(args.out, "%s-%s.log" % (target, chunk)), "wb")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)

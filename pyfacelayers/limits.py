@@ -102,6 +102,12 @@ def check_shape(shape, what="blob", layer=None):
             raise ShapeError("%s%s: invalid shape %s: every dimension must be an integer "
                              ">= 0, got %r" % (where, what, tuple(shape), d))
         dims.append(value)
+    # numpy refuses a shape whose non-zero dimensions multiply past 64 bits even when
+    # another one is 0 (the array would be empty, so no memory limit catches it).
+    if 0 in dims and math.prod(d for d in dims if d) * 8 >= 1 << 63:
+        where = 'layer "%s" (%s): ' % layer if layer else ""
+        raise ShapeError("%s%s: invalid shape %s: its non-zero dimensions multiply past "
+                         "64 bits" % (where, what, tuple(shape)))
     return tuple(dims)
 
 

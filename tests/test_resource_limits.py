@@ -110,6 +110,14 @@ def test_negative_dimension_is_a_shape_error():
         Blob((2.5,))
 
 
+def test_empty_shape_with_huge_dimensions_is_a_shape_error():
+    # Found by the fuzzer: numpy's "array is too big" for (0, 2**40, 2**40) leaked out.
+    with pytest.raises(ShapeError, match=r"invalid shape \(0, 1099511627776, 1099511627776\)"
+                                         r".*past 64 bits"):
+        Blob((0, 2 ** 40, 2 ** 40))
+    assert Blob((0, 2 ** 20, 2 ** 20)).count == 0   # empty and representable: fine
+
+
 def test_inner_product_num_output_huge(monkeypatch):
     # num_output is a uint32 in caffe.proto; 4e9 outputs x 1000 inputs = 4e12 weights.
     text = (INPUT % dims(2, 1000) + 'layer { name: "fc5" type: "InnerProduct" bottom: '
