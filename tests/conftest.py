@@ -12,6 +12,16 @@ FIXTURES = os.path.join(SHARED, "fixtures", "caffe-ref")
 NETS = os.path.join(SHARED, "nets")
 
 
+def child_env(*paths_first):
+    """Environment for a child Python process that imports the same pyfacelayers as the
+    tests (the installed package in CI, the checkout built in place in development),
+    with ``paths_first`` ahead of it on PYTHONPATH."""
+    import pyfacelayers
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(pyfacelayers.__file__)))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(p) for p in paths_first]
+                                                       + [package_root]))
+
+
 def shared_path(*parts):
     """A path under ../shared, or skip the test (with the reason) when absent."""
     path = os.path.join(SHARED, *parts)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from caffe_ref import load, portable_values, set_recipe_weights
-from conftest import shared_path
+from conftest import child_env, shared_path
 
 import pyfacelayers as caffe
 from pyfacelayers import cli
@@ -373,9 +373,7 @@ def _run_dump(tmp_path, *argv):
     (shim / "caffe.py").write_text(
         "# stands in for pycaffe in this test\nimport sys\nimport pyfacelayers\n"
         "sys.modules[__name__] = pyfacelayers\n")
-    # the same pyfacelayers as this process (installed in CI, the checkout in development)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(caffe.__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(shim), package_root]))
+    env = child_env(shim)
     return subprocess.run([sys.executable, DUMP_SCRIPT] + list(argv), env=env,
                           capture_output=True, text=True, timeout=120)
 

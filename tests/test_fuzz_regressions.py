@@ -3,7 +3,6 @@ form, must now give a documented error (or a result), never another exception, a
 or a crash."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ from pyfacelayers.fileio import parse_text, read_caffemodel
 from pyfacelayers.proto import caffe_pb2
 from pyfacelayers.solvers.lr_policy import SolverError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import child_env
 
 
 def _write(tmp_path, name, data):
@@ -177,9 +176,8 @@ def test_im2col_huge_kernel_does_not_write_out_of_bounds():
             "im = np.ones((1, 1, 1, 1), np.float32); col = np.zeros((0, 1, 4), np.float32)\n"
             "try:\n    _C.im2col(im, col, 2**32, 2**32, 2**31, 2**31, 1, 1, 1, 1)\n"
             "except ValueError as e:\n    print('refused', e)\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60,
-                         env=dict(os.environ, PYTHONPATH=ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env=child_env())
     assert out.returncode == 0, out.stderr
     assert "refused" in out.stdout
 

@@ -16,8 +16,8 @@ if sys.platform == "win32":  # the harness bounds time with SIGALRM, memory with
 import resource  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+if ROOT not in sys.path:  # for the fuzz/ harnesses; after the installed pyfacelayers
+    sys.path.append(ROOT)
 
 from fuzz.engine import BuiltinFuzzer, run_one  # noqa: E402
 from fuzz.expected import EXPECTED, PENDING  # noqa: E402
