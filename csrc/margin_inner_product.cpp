@@ -202,6 +202,11 @@ void normalize_rows(const py::handle& w_obj) {
   auto w = require_matrix<T>(w_obj, "margin_normalize_rows: weight");
   if (!w.writeable()) throw py::value_error("margin_normalize_rows: weight is read-only");
   const long n = w.shape(0), k = w.shape(1);
+  // With no columns every row has zero norm; say so before sizing a buffer by n (an
+  // empty (2^31, 0) weight must not allocate gigabytes).
+  if (n > 0 && k == 0)
+    throw py::value_error("weight row 0 has zero norm (cannot be normalised): the weight "
+                          "has no columns");
   std::vector<T> inv(static_cast<size_t>(n));
   long bad;
   {

@@ -167,6 +167,14 @@ def test_degenerate_layers_refused(shapes, layer, message):
 
 
 # -- kernels -----------------------------------------------------------------------------
+def test_normalize_rows_of_an_empty_tall_weight_allocates_nothing():
+    # A (2^31, 0) weight holds no values, but the kernel sized a buffer by its rows:
+    # std::bad_alloc (a bare MemoryError) under the fuzzer's address-space limit.
+    with pytest.raises(ValueError, match="zero norm.*no columns"):
+        _C.margin_normalize_rows(np.zeros((2 ** 31, 0), np.float32))
+    _C.margin_normalize_rows(np.zeros((0, 4), np.float32))   # no rows: nothing to do
+
+
 
 def test_im2col_huge_kernel_does_not_write_out_of_bounds():
     # kernel 2^32 x 2^32: channels * kh * kw wrapped to 0, so an empty column buffer

@@ -31,6 +31,9 @@ def margin_normalize_rows(weight, labels=None):
     import cupy
     dt = _matrix(weight, "margin_normalize_rows: weight")
     n, k = weight.shape
+    if n > 0 and k == 0:  # as the CPU kernel: before sizing buffers by n
+        raise ValueError("weight row 0 has zero norm (cannot be normalised): the weight "
+                         "has no columns")
     m = 0
     if labels is not None:
         check(labels, "margin_normalize_rows: labels", dt)
