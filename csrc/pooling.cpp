@@ -17,22 +17,11 @@ void max_pool_forward_cpu(const T* bottom, const PoolGeometry& g, T* top, int64_
   const long pooled = g.pooled_h * g.pooled_w;
   for (long p = 0; p < g.planes; ++p) {
     const T* in = bottom + p * plane;
-    for (long ph = 0; ph < g.pooled_h; ++ph) {
-      const PoolRange rh = pool_range(ph, g.stride_h, g.pad_h, g.kernel_h, g.height);
+    for (long ph = 0; ph < g.pooled_h; ++ph)
       for (long pw = 0; pw < g.pooled_w; ++pw) {
-        const PoolRange rw = pool_range(pw, g.stride_w, g.pad_w, g.kernel_w, g.width);
-        T best = static_cast<T>(pool_lowest());
-        int64_t arg = -1;
-        for (long h = rh.start; h < rh.end; ++h)
-          for (long w = rw.start; w < rw.end; ++w)
-            if (in[h * g.width + w] > best) {  // strict: the first maximum wins
-              best = in[h * g.width + w];
-              arg = h * g.width + w;
-            }
-        top[p * pooled + ph * g.pooled_w + pw] = best;
-        mask[p * pooled + ph * g.pooled_w + pw] = arg;
+        const long out = p * pooled + ph * g.pooled_w + pw;
+        top[out] = max_window(in, g, ph, pw, mask + out);
       }
-    }
   }
 }
 
@@ -55,17 +44,9 @@ void ave_pool_forward_cpu(const T* bottom, const PoolGeometry& g, T* top) {
   const long pooled = g.pooled_h * g.pooled_w;
   for (long p = 0; p < g.planes; ++p) {
     const T* in = bottom + p * plane;
-    for (long ph = 0; ph < g.pooled_h; ++ph) {
-      const PoolRange rh = pool_range(ph, g.stride_h, g.pad_h, g.kernel_h, g.height);
-      for (long pw = 0; pw < g.pooled_w; ++pw) {
-        const PoolRange rw = pool_range(pw, g.stride_w, g.pad_w, g.kernel_w, g.width);
-        T sum = 0;
-        for (long h = rh.start; h < rh.end; ++h)
-          for (long w = rw.start; w < rw.end; ++w) sum += in[h * g.width + w];
-        top[p * pooled + ph * g.pooled_w + pw] =
-            sum / static_cast<T>(rh.padded_size * rw.padded_size);
-      }
-    }
+    for (long ph = 0; ph < g.pooled_h; ++ph)
+      for (long pw = 0; pw < g.pooled_w; ++pw)
+        top[p * pooled + ph * g.pooled_w + pw] = ave_window(in, g, ph, pw);
   }
 }
 

@@ -1,6 +1,8 @@
 // Pooling window bounds as Caffe computes them, shared by the CPU and CUDA kernels.
 #pragma once
 
+#include <cstdint>
+
 #ifndef PFL_HD
 #if defined(__CUDACC__)
 #define PFL_HD __host__ __device__ __forceinline__
@@ -36,5 +38,33 @@ PFL_HD PoolRange pool_range(long index, long stride, long pad, long kernel, long
 
 // Caffe's -FLT_MAX, the start value of a MAX window (also for double).
 PFL_HD double pool_lowest() { return -0x1.fffffep+127; }  // exactly -FLT_MAX
+
+// One MAX window (ph, pw) of the plane ``in``: its maximum, and in ``arg`` the flat
+// index of the first pixel holding it (strictly greater wins), -1 for an empty window.
+template <typename T>
+PFL_HD T max_window(const T* in, const PoolGeometry& g, long ph, long pw, int64_t* arg) {
+  const PoolRange rh = pool_range(ph, g.stride_h, g.pad_h, g.kernel_h, g.height);
+  const PoolRange rw = pool_range(pw, g.stride_w, g.pad_w, g.kernel_w, g.width);
+  T best = static_cast<T>(pool_lowest());
+  *arg = -1;
+  for (long h = rh.start; h < rh.end; ++h)
+    for (long w = rw.start; w < rw.end; ++w)
+      if (in[h * g.width + w] > best) {
+        best = in[h * g.width + w];
+        *arg = h * g.width + w;
+      }
+  return best;
+}
+
+// One AVE window (ph, pw): the sum of its pixels inside the image over its padded size.
+template <typename T>
+PFL_HD T ave_window(const T* in, const PoolGeometry& g, long ph, long pw) {
+  const PoolRange rh = pool_range(ph, g.stride_h, g.pad_h, g.kernel_h, g.height);
+  const PoolRange rw = pool_range(pw, g.stride_w, g.pad_w, g.kernel_w, g.width);
+  T sum = T(0);
+  for (long h = rh.start; h < rh.end; ++h)
+    for (long w = rw.start; w < rw.end; ++w) sum += in[h * g.width + w];
+  return sum / static_cast<T>(rh.padded_size * rw.padded_size);
+}
 
 }  // namespace pfl

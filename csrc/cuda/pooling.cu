@@ -35,19 +35,7 @@ __global__ void max_forward_kernel(const T* bottom, PoolGeometry g, T* top, int6
     const long pw = idx % g.pooled_w;
     const long ph = (idx / g.pooled_w) % g.pooled_h;
     const long p = idx / pooled;
-    const PoolRange rh = pool_range(ph, g.stride_h, g.pad_h, g.kernel_h, g.height);
-    const PoolRange rw = pool_range(pw, g.stride_w, g.pad_w, g.kernel_w, g.width);
-    const T* in = bottom + p * g.height * g.width;
-    T best = static_cast<T>(pool_lowest());
-    int64_t arg = -1;
-    for (long h = rh.start; h < rh.end; ++h)
-      for (long w = rw.start; w < rw.end; ++w)
-        if (in[h * g.width + w] > best) {  // strict: the first maximum wins
-          best = in[h * g.width + w];
-          arg = h * g.width + w;
-        }
-    top[idx] = best;
-    mask[idx] = arg;
+    top[idx] = max_window(bottom + p * g.height * g.width, g, ph, pw, mask + idx);
   }
 }
 
@@ -76,13 +64,7 @@ __global__ void ave_forward_kernel(const T* bottom, PoolGeometry g, T* top) {
     const long pw = idx % g.pooled_w;
     const long ph = (idx / g.pooled_w) % g.pooled_h;
     const long p = idx / pooled;
-    const PoolRange rh = pool_range(ph, g.stride_h, g.pad_h, g.kernel_h, g.height);
-    const PoolRange rw = pool_range(pw, g.stride_w, g.pad_w, g.kernel_w, g.width);
-    const T* in = bottom + p * g.height * g.width;
-    T sum = T(0);
-    for (long h = rh.start; h < rh.end; ++h)
-      for (long w = rw.start; w < rw.end; ++w) sum += in[h * g.width + w];
-    top[idx] = sum / static_cast<T>(rh.padded_size * rw.padded_size);
+    top[idx] = ave_window(bottom + p * g.height * g.width, g, ph, pw);
   }
 }
 
