@@ -5,10 +5,13 @@ once, once per spatial axis, or as the _h/_w fields). Any number of spatial axes
 1 to 8: two take the fast 2-D im2col (one is run as two with a height of 1), three or
 more the N-D one.
 
-The products go through the array module's BLAS (numpy; cupy later, once im2col/col2im
-have CUDA twins in _vision_kernels): a chunk of images is unrolled by the C++
-im2col into a (C*kh*kw, n, OH*OW) column buffer, so that one matmul per group covers
-the whole chunk. Chunks keep that buffer under COL_BUFFER_ELEMENTS.
+The products go through the array module's BLAS (numpy, or cuBLAS through cupy): a
+chunk of images is unrolled by im2col (C++ or CUDA) into a (C*kh*kw, n, OH*OW) column
+buffer, so that one matmul per group covers the whole chunk. Chunks keep that buffer
+under COL_BUFFER_ELEMENTS.
+
+On the GPU a 1-D or 2-D Convolution can run on cuDNN instead (``engine: CUDNN``, or
+PYFACELAYERS_CONV_ENGINE for DEFAULT; see ``gpu/cudnn.py``).
 """
 
 import math
@@ -181,8 +184,7 @@ class ConvolutionBase(Layer):
 
     def _images(self, array, channels, spatial):
         """``array`` as (num, channels, *spatial); (num, channels, 1, L) for one axis."""
-        dims = [1] * (2 - len(spatial)) + list(spatial)
-        return array.reshape((self.num, channels) + tuple(dims))
+        return array.reshape((self.num, channels) + self._dims2(spatial))
 
     # -- the products shared by both directions ----------------------------------------
     # im2col always reads the larger grid (conv: bottom; deconv: top); its columns
@@ -237,6 +239,61 @@ class ConvolutionBase(Layer):
         if self.bias_term and wants_param_grad(self, 1):
             self.blobs[1].diff[...] += top_diff.sum(axis=(0, 2))
 
+    # -- cuDNN (GPU Convolution) ---------------------------------------------------------
+    def _cudnn(self, data):
+        """The cuDNN convolution for the current shapes when this layer runs on cuDNN,
+        else None (the im2col path runs)."""
+        if self.reverse_dimensions or self.num_spatial_axes > 2 or array_module(data) is np:
+            return None
+        from ..gpu import cudnn
+        try:
+            if not cudnn.engine_wanted(self.param.convolution_param.engine):
+                return None
+        except (cudnn.CudnnUnavailable, ValueError) as exc:
+            raise self.error(str(exc)) from None
+        x_shape = (self.num, self.channels) + self._dims2(self.in_spatial)
+        y_shape = (self.num, self.num_output) + self._dims2(self.out_spatial)
+        w_shape = (self.num_output, self.channels // self.group) + tuple(self.k2)
+        if not cudnn.fits(x_shape, y_shape, w_shape):
+            return None  # cuDNN's int dimensions: the im2col path takes it
+        key = (x_shape, self.dtype, data.device.id)
+        cached = getattr(self, "_cudnn_conv", None)
+        if cached is None or cached[0] != key:
+            try:
+                conv = cudnn.Convolution2d(x_shape, w_shape, y_shape, self.p2, self.s2,
+                                           self.d2, self.group, self.dtype)
+            except (cudnn.CudnnUnavailable, cudnn.CudnnError, ValueError) as exc:
+                raise self.error("cuDNN: %s" % exc) from None
+            self._cudnn_conv = cached = (key, conv)
+        return cached[1]
+
+    @staticmethod
+    def _dims2(spatial):
+        """Spatial dims as the 2-D kernels see them: (1, L) for one axis."""
+        return (1,) * (2 - len(spatial)) + tuple(spatial)
+
+    def _cudnn_call(self, what, *args):
+        try:
+            what(*args)
+        except Exception as exc:  # CudnnError or a shape problem: name the layer
+            raise self.error("cuDNN: %s" % exc) from None
+
+    def _forward_cudnn(self, conv, b, t):
+        x = self._images(b.data, self.channels, self.in_spatial)
+        y = self._images(t.data, self.num_output, self.out_spatial)
+        self._cudnn_call(conv.forward, x, self.blobs[0].data.reshape(conv.w_shape), y)
+        self._add_bias(t.data.reshape(self.num, self.num_output, -1))
+
+    def _backward_cudnn(self, conv, t, need_w, down, b):
+        dy = self._images(t.diff, self.num_output, self.out_spatial)
+        if need_w:
+            self._cudnn_call(conv.backward_filter,
+                             self._images(b.data, self.channels, self.in_spatial), dy,
+                             self.blobs[0].diff.reshape(conv.w_shape))
+        if down:
+            self._cudnn_call(conv.backward_data, self.blobs[0].data.reshape(conv.w_shape),
+                             dy, self._images(b.diff, self.channels, self.in_spatial))
+
     # -- forward / backward ------------------------------------------------------------
     def forward(self, bottom, top):
         for b, t in zip(bottom, top):
@@ -255,6 +312,9 @@ class ConvolutionBase(Layer):
 
     # Convolution: top = W * im2col(bottom) + b
     def _forward_conv(self, b, t):
+        conv = self._cudnn(b.data)
+        if conv is not None:
+            return self._forward_cudnn(conv, b, t)
         x = self._images(b.data, self.channels, self.in_spatial)
         out_pos = int(np.prod(self.out_spatial))
         y = t.data.reshape(self.num, self.num_output, out_pos)
@@ -271,6 +331,9 @@ class ConvolutionBase(Layer):
         need_w = wants_param_grad(self, 0)
         if not (need_w or down):
             return
+        conv = self._cudnn(b.data)
+        if conv is not None:
+            return self._backward_cudnn(conv, t, need_w, down, b)
         x = self._images(b.data, self.channels, self.in_spatial)
         dx = self._images(b.diff, self.channels, self.in_spatial) if down else None
         w = self._weight_groups()
