@@ -32,9 +32,14 @@ import pyfacelayers as caffe  # noqa: E402
 from pyfacelayers import backend  # noqa: E402
 from pyfacelayers.blob import Blob  # noqa: E402
 from pyfacelayers.errors import LayerError  # noqa: E402
+from pyfacelayers.gpu import cudnn as cudnn_binding  # noqa: E402
 from pyfacelayers.layers import create_layer  # noqa: E402
 from pyfacelayers.layers.margin_inner_product import MarginInnerProduct  # noqa: E402
 from pyfacelayers.proto import caffe_pb2  # noqa: E402
+
+CUDNN_OK, CUDNN_WHY = cudnn_binding.available()
+needs_cudnn = pytest.mark.skipif(not CUDNN_OK, reason="cuDNN not available: " + CUDNN_WHY)
+ENGINES = ["caffe", pytest.param("cudnn", marks=needs_cudnn)]
 
 TOL = {np.float32: 1e-5, np.float64: 1e-10}
 NET_TOL = 1e-4
@@ -237,6 +242,52 @@ def test_layer_gpu_matches_cpu(case, dtype):
     both(text, _bottoms(specs, dtype), dtype, **kwargs)
 
 
+# -- the cuDNN engine ---------------------------------------------------------------------
+@pytest.fixture
+def cudnn_calls(monkeypatch):
+    """The directions cuDNN ran in (to show a test really took the cuDNN path)."""
+    calls = []
+    run = cudnn_binding.Convolution2d._run
+
+    def counting(self, direction, *args):
+        calls.append(direction)
+        return run(self, direction, *args)
+    monkeypatch.setattr(cudnn_binding.Convolution2d, "_run", counting)
+    return calls
+
+
+CONV_CASES = ("conv3x3", "conv_stride_dilation_group", "conv1d")
+
+
+def _cudnn_case(case):
+    text, specs, kwargs = LAYER_CASES[case]
+    text = text.replace("convolution_param {", "convolution_param { engine: CUDNN", 1)
+    return 'name: "%s" %s' % (case, text), specs, kwargs
+
+
+@needs_cudnn
+@pytest.mark.parametrize("mode", cudnn_binding.ALGO_MODES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_cudnn_convolution_matches_cpu(case, dtype, mode, monkeypatch, cudnn_calls):
+    monkeypatch.setenv("PYFACELAYERS_CUDNN_ALGOS", mode)
+    text, specs, kwargs = _cudnn_case(case)
+    both(text, _bottoms(specs, dtype), dtype, **kwargs)
+    assert sorted(set(cudnn_calls)) == ["backward_data", "backward_filter", "forward"]
+
+
+@needs_cudnn
+def test_cudnn_reproducible_mode_gives_the_same_bits_twice(cudnn_calls):
+    text, specs, kwargs = _cudnn_case("conv_stride_dilation_group")
+    bottoms = _bottoms(specs, np.float32)
+    first = run_layer(cupy, text, bottoms, np.float32, **kwargs)
+    second = run_layer(cupy, text, bottoms, np.float32, **kwargs)
+    for key in ("top", "bottom_diff", "param_diff"):
+        for a, b in zip(first[key], second[key]):
+            np.testing.assert_array_equal(a, b, err_msg=key)
+    assert cudnn_calls
+
+
 def test_every_computing_layer_type_is_covered():
     """A new layer type must get a GPU case here (data layers excepted)."""
     from pyfacelayers.layers.base import registered_types
@@ -406,9 +457,12 @@ def _b1_small(xp, dtype):
     return z, net
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_b1_small_on_gpu_matches_caffe_and_cpu(dtype):
+def test_b1_small_on_gpu_matches_caffe_and_cpu(dtype, engine, monkeypatch, cudnn_calls):
+    monkeypatch.setenv("PYFACELAYERS_CONV_ENGINE", engine)
     z, gnet = _b1_small(cupy, dtype)
+    assert bool(cudnn_calls) == (engine == "cudnn")
     assert gnet.blobs["data"].xp is cupy
     assert all(b.xp is cupy for b in gnet.learnable_params)
     tol = NET_TOL if dtype == np.float32 else 1e-9
@@ -475,8 +529,11 @@ def _solve(xp, solver_type, dtype):
     return losses, [_host(p.data) for p in net.learnable_params], solver
 
 
-@pytest.mark.parametrize("solver_type", ["SGD", "Adam", "Nesterov"])
-def test_solver_iterations_gpu_match_cpu(solver_type):
+@pytest.mark.parametrize("solver_type,engine", [("SGD", "caffe"), ("Adam", "caffe"),
+                                                ("Nesterov", "caffe"),
+                                                pytest.param("SGD", "cudnn", marks=needs_cudnn)])
+def test_solver_iterations_gpu_match_cpu(solver_type, engine, monkeypatch):
+    monkeypatch.setenv("PYFACELAYERS_CONV_ENGINE", engine)
     dtype = np.float64
     cpu_losses, cpu_params, _ = _solve(np, solver_type, dtype)
     gpu_losses, gpu_params, solver = _solve(cupy, solver_type, dtype)

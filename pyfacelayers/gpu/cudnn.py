@@ -187,23 +187,25 @@ _loaded = {}
 
 
 def library():
-    """The cuDNN library (loaded once), or CudnnUnavailable listing what was tried."""
-    paths = candidate_paths()
-    key = tuple(paths)
-    if key in _loaded:
-        return _loaded[key]
+    """The cuDNN library, or CudnnUnavailable listing what was tried (either answer is
+    kept for the process: the layers ask on every pass)."""
+    key = os.environ.get("PYFACELAYERS_CUDNN_LIBRARY")
+    if key not in _loaded:
+        _loaded[key] = _load(candidate_paths())
+    if isinstance(_loaded[key], str):
+        raise CudnnUnavailable(_loaded[key])
+    return _loaded[key]
+
+
+def _load(paths):
     problems = []
     for path in paths:
         try:
-            cdll = ctypes.CDLL(path)
-            _loaded[key] = Library(cdll, path)
+            return Library(ctypes.CDLL(path), path)
         except (OSError, CudnnUnavailable) as exc:
             problems.append("%s: %s" % (path, exc))
-            continue
-        return _loaded[key]
-    raise CudnnUnavailable(
-        "cuDNN not found (install nvidia-cudnn-cu12 or -cu13, or set "
-        "PYFACELAYERS_CUDNN_LIBRARY to libcudnn.so); tried: %s" % "; ".join(problems))
+    return ("cuDNN not found (install nvidia-cudnn-cu12 or -cu13, or set "
+            "PYFACELAYERS_CUDNN_LIBRARY to libcudnn.so); tried: %s" % "; ".join(problems))
 
 
 def available():
