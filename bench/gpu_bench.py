@@ -6,8 +6,11 @@
    (csrc/cuda/bench_original_margin.cu: M x N buffers forward, O(M*N*K) backward).
    Targets: ours within 1.3x of (a); at least 50x faster than (b).
 2. SphereFace-20 training step (solver SGD step: forward, backward, update) at batch
-   256, 112x96, float32, fc6 with 10572 classes: images/s of our GPU backend against
-   the same architecture in PyTorch (bench/torch_sphereface.py). Target: within 1.5x.
+   256, 112x96, float32, fc6 with 10572 classes: images/s of our GPU backend, once per
+   convolution engine (im2col + cuBLAS; cuDNN with reproducible, then fastest
+   algorithms; the cuDNN runs fail with one clear line where cuDNN is not installed),
+   against the same architecture in PyTorch (bench/torch_sphereface.py). Target: within
+   1.5x.
 
 Each part runs in its own try/except and prints one clear line when it fails. Times:
 CUDA events, warm-up first, median of the repeats. PFL_SHARED (default ../shared)
@@ -248,8 +251,21 @@ def ours_solver(batch, num_classes, gpu):
     return solver, source
 
 
-def bench_sphereface_ours(batch, num_classes, warmup, timed, gpu=True):
+# Our convolution engines on the GPU: (label, PYFACELAYERS_CONV_ENGINE, _CUDNN_ALGOS)
+ENGINES = (("im2col + cuBLAS", "caffe", None),
+           ("cuDNN, reproducible algorithms", "cudnn", "reproducible"),
+           ("cuDNN, fastest algorithms", "cudnn", "fastest"))
+
+
+def bench_sphereface_ours(batch, num_classes, warmup, timed, gpu=True, engine=ENGINES[0]):
     from pyfacelayers import backend
+    label, conv_engine, algos = engine
+    os.environ["PYFACELAYERS_CONV_ENGINE"] = conv_engine
+    if algos:
+        os.environ["PYFACELAYERS_CUDNN_ALGOS"] = algos
+    if conv_engine == "cudnn":
+        from pyfacelayers.gpu import cudnn
+        print("  %s" % cudnn.available()[1], flush=True)
     solver, source = ours_solver(batch, num_classes, gpu)
     print("  net: %s" % source, flush=True)
     if gpu:
@@ -273,13 +289,22 @@ def bench_sphereface_ours(batch, num_classes, warmup, timed, gpu=True):
     if gpu:
         try:
             layer_profile(solver.net)
+            algorithms = {}
+            for layer in solver.net.layers:
+                conv = getattr(layer, "_cudnn_conv", None)
+                for direction, name in (conv[1].algorithm_names() if conv else {}).items():
+                    algorithms.setdefault(direction, {}).setdefault(name, 0)
+                    algorithms[direction][name] += 1
+            for direction, names in sorted(algorithms.items()):
+                print("  cuDNN %s algorithms: %s" % (direction, names))
         except Exception as exc:  # information only
             print("  (layer profile failed: %s: %s)" % (type(exc).__name__, exc))
     if not all(np.isfinite(losses)):
         raise RuntimeError("non-finite training loss: %s" % losses)
     backend.set_mode_cpu()
-    row("SphereFace-20 step, ours (%s, batch %d)" % ("GPU" if gpu else "CPU", batch), ms, "ms")
-    row("SphereFace-20, ours images/s", batch / (ms / 1e3), "img/s")
+    where = ("GPU, " + label) if gpu else "CPU"
+    row("SphereFace-20 step, ours (%s, batch %d)" % (where, batch), ms, "ms")
+    row("SphereFace-20, ours images/s (%s)" % where, batch / (ms / 1e3), "img/s")
     return ms
 
 
@@ -360,8 +385,8 @@ def main():
     part("MarginInnerProduct M=256 K=512 N=10572 QUADRUPLE float32", bench_margin, args.quick)
     results = {}
 
-    def ours():
-        results["ours"] = bench_sphereface_ours(256, 10572, warmup, timed)
+    def ours(engine):
+        results[engine] = bench_sphereface_ours(256, 10572, warmup, timed, True, engine)
 
     def torch_strict():
         results["torch"] = bench_sphereface_torch(256, 10572, warmup, timed, False)
@@ -369,21 +394,24 @@ def main():
     def torch_tf32():
         results["torch_tf32"] = bench_sphereface_torch(256, 10572, warmup, timed, True)
 
-    part("SphereFace-20 training step, ours on the GPU", ours)
-    try:
-        import cupy
-        cupy.get_default_memory_pool().free_all_blocks()
-    except Exception:
-        pass
+    for engine in ENGINES:
+        part("SphereFace-20 training step, ours on the GPU (%s)" % engine[0], ours, engine)
+        try:
+            import cupy
+            cupy.get_default_memory_pool().free_all_blocks()
+        except Exception:
+            pass
     part("SphereFace-20 training step, PyTorch (strict fp32)", torch_strict)
     part("SphereFace-20 training step, PyTorch (TF32 allowed, PyTorch's conv default)",
          torch_tf32)
-    if "ours" in results and "torch" in results:
-        row("SphereFace-20 ratio ours / PyTorch strict fp32 (target <= 1.5)",
-            results["ours"] / results["torch"], "x")
-    if "ours" in results and "torch_tf32" in results:
-        row("SphereFace-20 ratio ours / PyTorch TF32 (information)",
-            results["ours"] / results["torch_tf32"], "x")
+    for engine in ENGINES:
+        if engine in results and "torch" in results:
+            row("SphereFace-20 ratio ours (%s) / PyTorch strict fp32 (target <= 1.5)"
+                % engine[0], results[engine] / results["torch"], "x")
+    for engine in ENGINES:
+        if engine in results and "torch_tf32" in results:
+            row("SphereFace-20 ratio ours (%s) / PyTorch TF32 (information)" % engine[0],
+                results[engine] / results["torch_tf32"], "x")
     return summary()
 
 

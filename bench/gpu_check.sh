@@ -2,8 +2,8 @@
 # The one prepared GPU check (CUDA machine, run from the repository root):
 #   bash bench/gpu_check.sh
 # 1. build and install the package with its CUDA module (sm_90: H100/H200),
-# 2. the GPU tests (tests/test_gpu.py, from the tests folder so the INSTALLED package
-#    is imported),
+# 2. the GPU tests (tests/test_gpu.py, and tests/test_cudnn.py's checks against the
+#    installed libcudnn; from the tests folder so the INSTALLED package is imported),
 # 3. the benchmarks (bench/gpu_bench.py), ending with a summary table.
 # Each step has its own time limit and the script goes on after a failure, so one
 # problem does not hide the rest. Logs also go to $OUT (default /tmp/pfl_gpu_check).
@@ -61,10 +61,12 @@ try:
     print('CUDA module: yes, devices:', K.device_count())
 except ImportError as exc:
     print('CUDA module: MISSING (%s)' % exc); raise SystemExit(1)
+from pyfacelayers.gpu import cudnn
+print('cuDNN (engine: CUDNN): %s' % (cudnn.available(),))
 ") || status=1
 
-stamp "== GPU tests (tests/test_gpu.py)"
-(cd tests && timeout 240 $PY -m pytest -q -p no:cacheprovider -rs --tb=short test_gpu.py \
+stamp "== GPU tests (tests/test_gpu.py, tests/test_cudnn.py)"
+(cd tests && timeout 240 $PY -m pytest -q -p no:cacheprovider -rs --tb=short test_gpu.py test_cudnn.py \
   >"$OUT/test_gpu.log" 2>&1)
 rc=$?
 tail -40 "$OUT/test_gpu.log"
