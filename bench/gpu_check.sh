@@ -65,6 +65,9 @@ from pyfacelayers.gpu import cudnn
 print('cuDNN (engine: CUDNN): %s' % (cudnn.available(),))
 ") || status=1
 
+stamp "== pyfacelayers device_query --gpu 0 (caffe device_query)"
+(cd tests && timeout 60 $PY -m pyfacelayers device_query --gpu 0) || status=1
+
 stamp "== GPU tests (tests/test_gpu.py, tests/test_cudnn.py)"
 (cd tests && timeout 240 $PY -m pytest -q -p no:cacheprovider -rs --tb=short test_gpu.py test_cudnn.py \
   >"$OUT/test_gpu.log" 2>&1)
