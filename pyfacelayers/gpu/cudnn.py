@@ -80,7 +80,8 @@ _I = ctypes.c_int
 _PI = ctypes.POINTER(ctypes.c_int)
 _PS = ctypes.POINTER(ctypes.c_size_t)
 _PERF = ctypes.POINTER(AlgoPerf)
-# name: argument types (every function returns cudnnStatus_t, except the two marked)
+# name: argument types; each returns a cudnnStatus_t (cudnnGetVersion and
+# cudnnGetErrorString, which do not, are typed in Library)
 _SIGNATURES = {
     "cudnnCreate": [_P],
     "cudnnSetStream": [_P, _P],
