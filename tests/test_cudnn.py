@@ -211,7 +211,10 @@ def test_wrong_arrays_are_refused_before_cudnn_runs(standin):
     assert probe.standin_runs(0) == runs
     with pytest.raises(ValueError, match="float32 or float64"):
         cudnn.Convolution2d(x4.shape, w4.shape, y4.shape, (1, 1), (1, 1), (1, 1), 1, np.int32)
-    with pytest.raises(ValueError, match="2\\^31 elements"):
+    assert cudnn.fits((2, 3, 7, 6), (4, 3, 3, 3))
+    assert not cudnn.fits((0, 3, 7, 6))  # an empty batch: the layer keeps im2col
+    assert not cudnn.fits((2 ** 16, 2 ** 15, 1, 1))
+    with pytest.raises(ValueError, match="non-empty and under 2\\^31 elements"):
         cudnn.Convolution2d((2 ** 16, 2 ** 16, 1, 1), (1, 2 ** 16, 1, 1), (2 ** 16, 1, 1, 1),
                             (0, 0), (1, 1), (1, 1), 1, np.float32)
 

@@ -277,6 +277,13 @@ def test_cudnn_convolution_matches_cpu(case, dtype, mode, monkeypatch, cudnn_cal
 
 
 @needs_cudnn
+def test_cudnn_engine_leaves_an_empty_batch_to_im2col(cudnn_calls):
+    text, _, kwargs = _cudnn_case("conv3x3")
+    both(text, [np.zeros((0,) + IMG[1:])], np.float32, **kwargs)
+    assert cudnn_calls == []
+
+
+@needs_cudnn
 def test_cudnn_reproducible_mode_gives_the_same_bits_twice(cudnn_calls):
     text, specs, kwargs = _cudnn_case("conv_stride_dilation_group")
     bottoms = _bottoms(specs, np.float32)

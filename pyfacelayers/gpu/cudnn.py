@@ -299,9 +299,9 @@ def _device_and_stream(array):
 
 
 def fits(*shapes):
-    """cuDNN's descriptors take int dimensions; keep every tensor under 2^31 elements."""
-    return all(int(np.prod(s, dtype=np.int64)) <= INT_MAX and max(s) <= INT_MAX
-               for s in shapes)
+    """Whether cuDNN can take these tensors: its descriptors want dimensions of at least
+    1 and int sizes, so every tensor must be non-empty and under 2^31 elements."""
+    return all(min(s) >= 1 and int(np.prod(s, dtype=np.int64)) <= INT_MAX for s in shapes)
 
 
 # -- one convolution geometry ---------------------------------------------------------
@@ -322,8 +322,8 @@ class Convolution2d:
             raise ValueError("cuDNN convolution: dtype must be float32 or float64, got %s"
                              % self.dtype)
         if not fits(x_shape, w_shape, y_shape):
-            raise ValueError("cuDNN convolution: a tensor of %s, %s, %s has 2^31 elements "
-                             "or more" % (x_shape, w_shape, y_shape))
+            raise ValueError("cuDNN convolution: tensors %s, %s, %s must be non-empty and "
+                             "under 2^31 elements" % (x_shape, w_shape, y_shape))
         self.mode = mode or algo_mode()
         self.x_shape, self.w_shape, self.y_shape = (tuple(int(v) for v in s) for s in
                                                     (x_shape, w_shape, y_shape))

@@ -255,7 +255,7 @@ class ConvolutionBase(Layer):
         y_shape = (self.num, self.num_output) + self._dims2(self.out_spatial)
         w_shape = (self.num_output, self.channels // self.group) + tuple(self.k2)
         if not cudnn.fits(x_shape, y_shape, w_shape):
-            return None  # cuDNN's int dimensions: the im2col path takes it
+            return None  # empty or over cuDNN's int sizes: the im2col path takes it
         key = (x_shape, self.dtype, data.device.id)
         cached = getattr(self, "_cudnn_conv", None)
         if cached is None or cached[0] != key:
