@@ -264,9 +264,19 @@ def test_an_old_cudnn_is_refused(standin_path, monkeypatch):
         cudnn.library()
 
 
-def test_wheel_and_system_locations_are_searched(monkeypatch):
+def test_wheel_and_system_locations_are_searched(monkeypatch, tmp_path):
     paths = cudnn.candidate_paths()
     assert paths[-3:] == ["libcudnn.so.9", "libcudnn.so.8", "libcudnn.so"]
+    # an nvidia namespace package (as the wheels install it), in two layouts
+    for folder in ("nvidia/cudnn/lib", "nvidia/cu13/lib"):
+        (tmp_path / folder).mkdir(parents=True)
+    for name in ("nvidia/cudnn/lib/libcudnn.so.9", "nvidia/cudnn/lib/libcudnn_cnn.so.9",
+                 "nvidia/cu13/lib/libcudnn.so.9"):
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = [p for p in cudnn.candidate_paths() if p.startswith(str(tmp_path))]
+    assert sorted(found) == sorted(str(tmp_path / p) for p in (
+        "nvidia/cudnn/lib/libcudnn.so.9", "nvidia/cu13/lib/libcudnn.so.9"))
     monkeypatch.setenv("PYFACELAYERS_CUDNN_LIBRARY", "/opt/x/libcudnn.so.9")
     assert cudnn.candidate_paths() == ["/opt/x/libcudnn.so.9"]
 

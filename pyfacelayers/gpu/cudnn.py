@@ -8,8 +8,8 @@ imports and runs where cuDNN is absent: :func:`library` then raises
 
 Where the library comes from, first match wins:
   1. ``PYFACELAYERS_CUDNN_LIBRARY`` (a path; nothing else is tried when it is set);
-  2. the ``nvidia-cudnn-cu12`` / ``-cu13`` wheel (``nvidia/cudnn/lib``), which PyTorch
-     installs too;
+  2. the ``nvidia-cudnn-cu12`` / ``-cu13`` wheel (under the ``nvidia`` package), which
+     PyTorch installs too, or a copy inside ``torch/lib``;
   3. the system's ``libcudnn.so.9`` / ``.so.8``.
 
 What is computed is Caffe's convolution (cross-correlation, NCHW, groups), in the
@@ -124,14 +124,24 @@ def candidate_paths():
     if explicit:
         return [explicit]
     found = []
-    try:
-        spec = importlib.util.find_spec("nvidia.cudnn")
-    except (ImportError, ValueError):
-        spec = None
-    for folder in (spec.submodule_search_locations or []) if spec else []:
+    # NVIDIA's wheels: nvidia/cudnn/lib (cu12); searched recursively so that other
+    # layouts of the namespace package are found too. Newest soname first.
+    for folder in _package_folders("nvidia"):
+        found += sorted(glob.glob(os.path.join(folder, "**", "libcudnn.so.[0-9]*"),
+                                  recursive=True), reverse=True)
+    for folder in _package_folders("torch"):  # builds that bundle it
         found += sorted(glob.glob(os.path.join(folder, "lib", "libcudnn.so.[0-9]*")),
                         reverse=True)
     return found + ["libcudnn.so.9", "libcudnn.so.8", "libcudnn.so"]
+
+
+def _package_folders(name):
+    """The folders of an installed package, without importing it."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return []
+    return list(spec.submodule_search_locations or []) if spec else []
 
 
 class Library:
