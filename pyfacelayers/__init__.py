@@ -3,7 +3,8 @@
 ``import pyfacelayers as caffe`` gives pycaffe's API: ``caffe.Net``, ``caffe.TRAIN`` /
 ``caffe.TEST``, ``caffe.set_mode_cpu()`` / ``set_mode_gpu()`` / ``set_device(i)``,
 ``caffe.set_random_seed``, ``caffe.SGDSolver`` and the other solvers,
-``caffe.get_solver``, ``caffe.io`` and ``caffe.proto.caffe_pb2``. The SphereFace
+``caffe.get_solver``, ``caffe.io``, ``caffe.proto.caffe_pb2`` and net_spec's
+``caffe.NetSpec`` / ``caffe.layers`` / ``caffe.params`` / ``caffe.to_proto``. The SphereFace
 ``MarginInnerProduct`` layer runs in C++ (and CUDA when built with nvcc).
 """
 
@@ -26,6 +27,9 @@ def __getattr__(name):
     import importlib
     if name == "io":
         return importlib.import_module(".io", __name__)
+    if name in ("NetSpec", "params", "to_proto", "net_spec"):
+        module = importlib.import_module(".net_spec", __name__)
+        return module if name == "net_spec" else getattr(module, name)
     if name in ("SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
                 "AdaDeltaSolver", "AdamSolver", "get_solver", "Solver"):
         return getattr(importlib.import_module(".solvers", __name__), name)

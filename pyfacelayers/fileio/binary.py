@@ -9,7 +9,7 @@ from google.protobuf.message import DecodeError
 
 from .. import limits
 from ..errors import FormatError, ResourceLimitError
-from ..proto import caffe_pb2
+from ..proto import caffe_pb2, is_repeated
 from .atomic import atomic_write
 from .blobs import array_to_blob, blob_to_array
 from .upgrade import upgrade_net
@@ -178,13 +178,6 @@ def parse_in_parts(buf, message_class, what, path=None, start=0, end=None):
     return message
 
 
-def _is_repeated(field):
-    # protobuf >= 5 has is_repeated (and 7 dropped label); older ones only label.
-    if hasattr(field, "is_repeated"):
-        return field.is_repeated
-    return field.label == FieldDescriptor.LABEL_REPEATED
-
-
 def _undecodable_text_field(message, prefix=""):
     """The dotted name of the first string field whose bytes are not UTF-8, or None.
 
@@ -192,7 +185,7 @@ def _undecodable_text_field(message, prefix=""):
     later, far from the file, when copied into another message (a V1 upgrade)."""
     for field, value in message.ListFields():
         name = prefix + field.name
-        repeated = _is_repeated(field)
+        repeated = is_repeated(field)
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             for i, item in enumerate(value if repeated else [value]):
                 bad = _undecodable_text_field(item, "%s[%d]." % (name, i) if repeated
