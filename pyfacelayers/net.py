@@ -372,25 +372,66 @@ class Net:
         return loss
 
     def forward_all(self, blobs=None, **kwargs):
-        """pycaffe's forward_all: run the inputs through in batches; concatenated outputs."""
+        """pycaffe's forward_all: run the input arrays through in batches of the net's
+        batch size (the last one padded with zeros); the outputs (plus ``blobs``)
+        concatenated, without the padding, as {name: array}."""
         names = list(self.outputs) + [b for b in (blobs or []) if b not in self.outputs]
-        batch = self.blobs[self.inputs[0]].shape[0] if self.inputs else 1
-        total = len(next(iter(kwargs.values()))) if kwargs else batch
+        count, chunks = self._batches(kwargs, self.inputs, "input")
         results = {name: [] for name in names}
-        for begin in range(0, total, batch):
-            chunk = {}
-            for name, value in kwargs.items():
-                part = np.asarray(value[begin:begin + batch])
-                if len(part) < batch:  # pad the last batch, as pycaffe does
-                    pad = np.zeros((batch - len(part),) + part.shape[1:], part.dtype)
-                    part = np.concatenate([part, pad])
-                chunk[name] = part
+        for chunk in chunks:
             out = self.forward(blobs=blobs, **chunk)
             for name in names:
                 results[name].append(backend.to_numpy(out[name]).copy())
-        count = total
-        return {name: np.concatenate(v)[:count] if v and v[0].ndim else np.array(v)
-                for name, v in results.items()}
+        return _joined(results, count)
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """pycaffe's forward_backward_all: input arrays (and output diffs, for outputs
+        named in kwargs) in batches; returns ({output: array}, {input: diff array}), with
+        ``blobs`` and ``diffs`` added, concatenated without the padding.
+
+        pycaffe's version packs and trims only as many entries of each dict as the
+        shorter one has (a zip), leaving the rest as lists; here every entry is an array.
+        """
+        out_names = list(self.outputs) + [b for b in (blobs or []) if b not in self.outputs]
+        diff_names = list(self.inputs) + [d for d in (diffs or []) if d not in self.inputs]
+        forward_in = {k: v for k, v in kwargs.items() if k in self.inputs}
+        backward_in = {k: v for k, v in kwargs.items() if k not in self.inputs}
+        count, chunks = self._batches(kwargs, self.inputs + self.outputs, "input or output")
+        outs = {name: [] for name in out_names}
+        grads = {name: [] for name in diff_names}
+        for chunk in chunks:
+            out = self.forward(blobs=blobs, **{k: chunk[k] for k in forward_in})
+            grad = self.backward(diffs=diffs, **{k: chunk[k] for k in backward_in})
+            for name in out_names:
+                outs[name].append(backend.to_numpy(out[name]).copy())
+            for name in diff_names:
+                grads[name].append(backend.to_numpy(grad[name]).copy())
+        return _joined(outs, count), _joined(grads, count)
+
+    def _batches(self, arrays, allowed, what):
+        """(item count, chunks): ``arrays`` cut along axis 0 into the net's batch size,
+        the last chunk padded with zeros (pycaffe's _batch). No arrays: one chunk."""
+        for name in arrays:
+            if name not in allowed:
+                raise NetError('"%s" is not an %s blob of this net (%s)'
+                               % (name, what, ", ".join(allowed)))
+        batch = self.blobs[self.inputs[0]].shape[0] if self.inputs else 1
+        lengths = {name: len(value) for name, value in arrays.items()}
+        if len(set(lengths.values())) > 1:
+            raise NetError("the arrays have different lengths: %s" % lengths)
+        count = next(iter(lengths.values())) if lengths else batch
+
+        def chunks():
+            for begin in range(0, max(count, 1), batch):
+                chunk = {}
+                for name, value in arrays.items():
+                    part = np.asarray(value[begin:begin + batch])
+                    if len(part) < batch:
+                        pad = np.zeros((batch - len(part),) + part.shape[1:], part.dtype)
+                        part = np.concatenate([part, pad])
+                    chunk[name] = part
+                yield chunk
+        return count, chunks()
 
     def set_input_arrays(self, data, labels):
         """Feed arrays to the net's first layer, a MemoryData layer (pycaffe's API)."""
@@ -587,6 +628,13 @@ class Net:
 
     def __repr__(self):
         return '<Net "%s": %d layers, %d blobs>' % (self.name, len(self.layers), len(self.blobs))
+
+
+def _joined(results, count):
+    """{name: list of per-batch arrays} -> {name: one array of ``count`` items}
+    (0-d per-batch values, such as a loss, are stacked)."""
+    return {name: np.concatenate(parts)[:count] if parts and parts[0].ndim
+            else np.array(parts) for name, parts in results.items()}
 
 
 def _stored_shape(blob):

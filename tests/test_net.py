@@ -173,3 +173,54 @@ def test_input_batch_size_checked():
     net = tiny_net()
     with pytest.raises(NetError, match="batch size"):
         net.forward(data=np.zeros((2, 3, 5, 5), np.float32))
+
+
+# -- pycaffe's forward_all / forward_backward_all --------------------------------------------
+BATCHED = """
+name: "batched"
+force_backward: true
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 1 }
+                              bias_filler { type: "gaussian" std: 1 } } }
+layer { name: "act" type: "TanH" bottom: "ip" top: "act" }
+"""
+
+
+def _batched_net():
+    net = caffe.Net(read_net(BATCHED), caffe.TEST, dtype=np.float64, seed=3)
+    w, b = (p.data.copy() for p in net.params["ip"])
+    return net, w, b
+
+
+def test_forward_all_batches_pads_and_trims():
+    net, w, b = _batched_net()
+    x = np.random.default_rng(0).standard_normal((5, 3))  # 5 items, batch 2: 3 passes
+    out = net.forward_all(blobs=["ip"], data=x)
+    np.testing.assert_allclose(out["ip"], x @ w.T + b, rtol=1e-12)
+    np.testing.assert_allclose(out["act"], np.tanh(x @ w.T + b), rtol=1e-12)
+    assert set(out) == {"act", "ip"}
+    assert net.forward_all(data=x[:0])["act"].shape == (0, 4)
+
+
+def test_forward_backward_all_gives_outputs_and_input_diffs():
+    net, w, b = _batched_net()
+    rng = np.random.default_rng(1)
+    x, dy = rng.standard_normal((5, 3)), rng.standard_normal((5, 4))
+    outs, diffs = net.forward_backward_all(blobs=["ip"], diffs=["ip"], data=x, act=dy)
+    y = x @ w.T + b
+    np.testing.assert_allclose(outs["act"], np.tanh(y), rtol=1e-12)
+    np.testing.assert_allclose(outs["ip"], y, rtol=1e-12)
+    dip = dy * (1 - np.tanh(y) ** 2)
+    np.testing.assert_allclose(diffs["ip"], dip, rtol=1e-12)
+    np.testing.assert_allclose(diffs["data"], dip @ w, rtol=1e-12)
+    assert all(isinstance(v, np.ndarray) and len(v) == 5 for v in (*outs.values(),
+                                                                     *diffs.values()))
+
+
+def test_batched_calls_refuse_unknown_names_and_ragged_arrays():
+    net, _, _ = _batched_net()
+    with pytest.raises(NetError, match='"bogus" is not an input blob'):
+        net.forward_all(bogus=np.zeros((2, 3)))
+    with pytest.raises(NetError, match="different lengths"):
+        net.forward_backward_all(data=np.zeros((4, 3)), act=np.zeros((3, 4)))
