@@ -27,6 +27,8 @@ def __getattr__(name):
     import importlib
     if name == "io":
         return importlib.import_module(".io", __name__)
+    if name == "draw":
+        return importlib.import_module(".draw", __name__)
     if name in ("NetSpec", "params", "to_proto", "net_spec"):
         module = importlib.import_module(".net_spec", __name__)
         return module if name == "net_spec" else getattr(module, name)

@@ -275,3 +275,24 @@ def test_fixture_net_save_bytes_equal_protobuf_serialization(tmp_path):
                     os.path.join(folder, "B1_small.caffemodel"), caffe.TRAIN)
     net.save(str(tmp_path / "w.caffemodel"))
     assert (tmp_path / "w.caffemodel").read_bytes() == net.to_proto().SerializeToString()
+
+
+# -- permissions of written files ----------------------------------------------------------
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="no POSIX permissions here")
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_open_s_permissions(tmp_path, umask):
+    """A new file gets 0666 less the umask (as open() and Caffe's ofstream), not the
+    0600 of the temporary file; a file that exists keeps its own mode."""
+    from pyfacelayers.fileio.atomic import atomic_write
+    previous = os.umask(umask)
+    try:
+        new = tmp_path / "new.caffemodel"
+        atomic_write(new, b"weights")
+        assert new.stat().st_mode & 0o777 == 0o666 & ~umask
+        existing = tmp_path / "existing.prototxt"
+        existing.write_text("old")
+        os.chmod(existing, 0o640)
+        atomic_write(existing, "new")
+        assert existing.read_text() == "new" and existing.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(previous)

@@ -23,9 +23,12 @@ def atomic_write(path, data):
         data = data.encode("utf-8")
     pieces = data if isinstance(data, (list, tuple)) else [data]
     size, crc = 0, 0
+    mode = _final_mode(path)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=TEMP_SUFFIX,
                                dir=folder)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)  # mkstemp makes 0600; the final file gets open()'s mode
         with os.fdopen(fd, "wb") as f:
             for piece in pieces:
                 f.write(piece)
@@ -42,6 +45,29 @@ def atomic_write(path, data):
         raise
     _fsync_folder(folder)
     return size, crc
+
+
+def _final_mode(path):
+    """The permissions the file gets: an existing file keeps its own (as rewriting it in
+    place would); a new one gets 0666 less the umask, as open() and Caffe's ofstream."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask():
+    # Read without changing it where Linux shows it; os.umask can only be read by setting.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
 
 
 def _fsync_folder(folder):
