@@ -4,7 +4,8 @@
 ``caffe.TEST``, ``caffe.set_mode_cpu()`` / ``set_mode_gpu()`` / ``set_device(i)``,
 ``caffe.set_random_seed``, ``caffe.SGDSolver`` and the other solvers,
 ``caffe.get_solver``, ``caffe.io``, ``caffe.proto.caffe_pb2`` and net_spec's
-``caffe.NetSpec`` / ``caffe.layers`` / ``caffe.params`` / ``caffe.to_proto``. The SphereFace
+``caffe.NetSpec`` / ``caffe.layers`` / ``caffe.params`` / ``caffe.to_proto``,
+``caffe.Classifier`` and ``caffe.draw``. The SphereFace
 ``MarginInnerProduct`` layer runs in C++ (and CUDA when built with nvcc).
 """
 
@@ -27,6 +28,8 @@ def __getattr__(name):
     import importlib
     if name == "io":
         return importlib.import_module(".io", __name__)
+    if name == "Classifier":
+        return importlib.import_module(".classifier", __name__).Classifier
     if name == "draw":
         return importlib.import_module(".draw", __name__)
     if name in ("NetSpec", "params", "to_proto", "net_spec"):
