@@ -8,6 +8,7 @@ returning an exit code) on its parser.
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
 
 from . import __version__, commands
@@ -27,9 +28,25 @@ def build_parser():
     return parser
 
 
+# gflags' -flag / -flag=value, as Caffe's tools take them: a single dash before two or
+# more letters (argparse's own short options are one letter).
+_GFLAG = re.compile(r"-[A-Za-z][A-Za-z0-9_-]+(=.*)?\Z", re.S)
+
+
+def gflags_style(argv):
+    """``caffe train -solver s.prototxt -gpu 0`` as ``--solver ... --gpu 0``; nothing
+    after a lone ``--`` is touched."""
+    out = []
+    for i, word in enumerate(argv):
+        if word == "--":
+            return out + list(argv[i:])
+        out.append("-" + word if _GFLAG.match(word) else word)
+    return out
+
+
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(gflags_style(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

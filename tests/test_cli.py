@@ -50,3 +50,13 @@ def test_console_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "pyfacelayers", "--version"],
                          capture_output=True, text=True, check=True).stdout
     assert __version__ in out
+
+
+def test_gflags_style_flags_as_caffe_takes_them():
+    from pyfacelayers.cli import gflags_style
+    assert gflags_style(["train", "-solver", "s.prototxt", "-gpu=0", "-weights", "a,b"]) == \
+        ["train", "--solver", "s.prototxt", "--gpu=0", "--weights", "a,b"]
+    # one-letter options, negative numbers, plain words and what follows "--" stay
+    assert gflags_style(["-h", "--level", "-1", "x", "--", "-solver"]) == \
+        ["-h", "--level", "-1", "x", "--", "-solver"]
+    assert gflags_style(["--sigint_effect", "none"]) == ["--sigint_effect", "none"]

@@ -4,6 +4,7 @@ an independent float64 computation of Caffe's formulas written here."""
 import logging
 import math
 import os
+import signal
 from collections import OrderedDict
 
 import numpy as np
@@ -730,6 +731,42 @@ def test_train_first_sigint_stops_after_the_iteration(tmp_path, monkeypatch):
     assert FakeNet.instances[0].counter == 3
     assert os.path.exists(os.path.join(str(tmp_path), "snap_iter_3.solverstate"))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _signal_at(monkeypatch, signum, counter=2):
+    """Send ``signum`` to this process during iteration ``counter``'s forward."""
+    orig = FakeNet.forward_backward
+
+    def forward_backward(self):
+        if self.counter == counter:
+            os.kill(os.getpid(), signum)
+        return orig(self)
+    monkeypatch.setattr(FakeNet, "forward_backward", forward_backward)
+
+
+def _snapshots(tmp_path):
+    return sorted(int(n.split("_iter_")[1].split(".")[0]) for n in os.listdir(str(tmp_path))
+                  if n.endswith(".solverstate"))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+@pytest.mark.parametrize("argv,signum,forwards,snapshots", [
+    ([], "SIGHUP", 9, [3, 4, 8]),                              # Caffe's default: snapshot
+    (["-sighup_effect", "stop"], "SIGHUP", 3, [3]),             # gflags-style flag
+    (["--sighup_effect", "none"], "SIGHUP", 9, [4, 8]),
+    (["--sigint_effect", "snapshot"], "SIGINT", 9, [3, 4, 8]),
+    (["--sigint_effect", "none"], "SIGINT", 9, [4, 8]),
+])
+def test_train_signal_effects(tmp_path, monkeypatch, argv, signum, forwards, snapshots):
+    """caffe train's --sigint_effect / --sighup_effect: stop, snapshot (and go on), none.
+    A run to the end makes 9 forwards: 8 iterations and the final loss display."""
+    solver = write_solver(tmp_path)
+    _signal_at(monkeypatch, getattr(signal, signum))
+    assert cli_main(["train", "-solver", solver] + argv) == 0
+    assert FakeNet.instances[0].counter == forwards
+    assert _snapshots(tmp_path) == snapshots
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
 
 
 def test_train_command_errors(tmp_path, capsys):

@@ -8,9 +8,13 @@ incomplete and removing its temporary files; with none it starts from iteration 
 
 A progress line on stderr (iteration, loss, lambda when the net has a blob "lambda",
 lr, it/s) redraws in place on a terminal and is printed plainly otherwise; Caffe's log
-lines go to --log FILE (glog layout). Ctrl-C stops after the current iteration and
-snapshots; a second Ctrl-C stops at once (still snapshotting unless an update was
-half applied).
+lines go to --log FILE (glog layout).
+
+Signals, as ``caffe train``'s --sigint_effect / --sighup_effect (stop, snapshot or
+none; defaults stop and snapshot): "stop" ends training after the current iteration
+and snapshots, "snapshot" snapshots after the current iteration and goes on. With
+"stop", a second Ctrl-C stops at once (still snapshotting unless an update was half
+applied).
 """
 
 import logging
@@ -49,8 +53,17 @@ def register(subparsers):
     p.add_argument("--stage", action="append", help="the train net's NetState stage(s)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="the nets' Dtype (default float32)")
+    for name, signal_name, default in (("sigint_effect", "SIGINT (Ctrl-C)", "stop"),
+                                       ("sighup_effect", "SIGHUP", "snapshot")):
+        p.add_argument("--" + name, choices=SIGNAL_EFFECTS, default=default,
+                       help="what %s does: stop (after this iteration, with a snapshot), "
+                            "snapshot (and go on) or none (default %s)"
+                            % (signal_name, default))
     _common.add_python_layer_argument(p)
     p.set_defaults(func=run)
+
+
+SIGNAL_EFFECTS = ("stop", "snapshot", "none")
 
 
 class Progress:
@@ -158,7 +171,8 @@ def run(args, stream=None):
         resume = args.snapshot
         if resume == "latest" and not os.path.exists(resume):
             resume = _latest(param.snapshot_prefix)
-        return _train(solver, resume, progress)
+        return _train(solver, resume, progress, getattr(args, "sigint_effect", "stop"),
+                      getattr(args, "sighup_effect", "snapshot"))
     finally:
         if progress_ref[0]:
             progress_ref[0].finish()
@@ -186,20 +200,30 @@ def _latest(prefix):
     return path
 
 
-def _train(solver, resume, progress):
+def _train(solver, resume, progress, sigint_effect="stop", sighup_effect="snapshot"):
     presses = [0]
 
-    def on_sigint(signum, frame):
-        presses[0] += 1
-        if presses[0] == 1:
-            solver.request_stop()
-            log.warning("Ctrl-C: stopping after this iteration and snapshotting "
-                        "(Ctrl-C again to stop at once)")
-        else:
-            raise KeyboardInterrupt
+    def handler(effect, name):
+        def on_signal(signum, frame):
+            if effect == "stop":
+                presses[0] += 1
+                if presses[0] > 1 and signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                solver.request_stop()
+                log.warning("%s: stopping after this iteration and snapshotting%s", name,
+                            " (Ctrl-C again to stop at once)" if signum == signal.SIGINT
+                            else "")
+            elif effect == "snapshot":
+                solver.request_snapshot()
+                log.info("%s: snapshotting after this iteration", name)
+        return on_signal
 
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_sigint) if in_main else None
+    handlers = [(signal.SIGINT, handler(sigint_effect, "Ctrl-C"))]
+    if hasattr(signal, "SIGHUP"):
+        handlers.append((signal.SIGHUP, handler(sighup_effect, "SIGHUP")))
+    previous = [(number, signal.signal(number, fn)) for number, fn in handlers] \
+        if in_main else []
     try:
         solver.solve(resume)
     except KeyboardInterrupt:
@@ -213,8 +237,8 @@ def _train(solver, resume, progress):
                       "written (the weights are half updated)", solver.iter)
         return 130
     finally:
-        if in_main:
-            signal.signal(signal.SIGINT, previous)
+        for number, fn in previous:
+            signal.signal(number, fn)
     if solver.requested_early_exit:
         _snapshot_once(solver)
         progress.finish()
