@@ -13,6 +13,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from caffe_ref import load, portable_values, set_recipe_weights  # noqa: E402
 from conftest import assert_close, shared_path  # noqa: E402
+from test_net_parity import B3_CASES  # noqa: E402  (the fixture files and their nets)
 
 import pyfacelayers as caffe  # noqa: E402
 from pyfacelayers import cli  # noqa: E402
@@ -140,13 +141,6 @@ def test_eltwise_matches_onnxruntime(operation):
                         % ELTWISE[operation].replace("coeff: -2", "coeff: -2 coeff: 3"),
                         (2, 3, 4), extra_input=(2, 3, 4))
     check(net, {"data": (2, 3, 4), "data2": (2, 3, 4)})
-
-
-B3_CASES = [
-    ("B3_sphereface20_deploy.npz", ("sphereface", "sphereface_deploy.prototxt")),
-    ("B3_sphereface64_deploy.npz", ("sphereface", "sphereface_64_deploy.prototxt")),
-    ("B3_angular_triplet_face_deploy.npz", ("angular-triplet", "face_deploy.prototxt")),
-]
 
 
 @pytest.mark.parametrize("npz,net_path", B3_CASES)
