@@ -4,6 +4,7 @@ Every layer of the TEST net becomes ONNX operators (opset 13, float32), so the m
 runs in onnxruntime, TensorRT, OpenVINO and others; the inputs get a free batch size
 unless --fixed-batch. Needs the onnx package (pip install 'pyfacelayers[onnx]')."""
 
+
 def register(subparsers):
     p = subparsers.add_parser("export", help="write a deploy net with its weights as ONNX",
                               description=__doc__.split("\n\n")[1])
