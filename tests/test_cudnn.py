@@ -85,11 +85,12 @@ GEOMETRIES = {
 }
 
 
-def cpu_conv(params, shape, dtype, seed=0):
-    """The CPU layer's forward and backward (im2col): x, w, y, dy, dx, dw."""
+def cpu_conv(params, shape, dtype, seed=0, bias=False):
+    """The layer's forward and backward (on the CPU, im2col): x, w, y, dy, dx, dw."""
+    bias_text = 'bias_filler { type: "gaussian" std: 1 }' if bias else "bias_term: false"
     lp = text_format.Parse('name: "c" type: "Convolution" convolution_param { %s '
-                           'weight_filler { type: "gaussian" std: 0.5 } bias_term: false }'
-                           % params, caffe_pb2.LayerParameter())
+                           'weight_filler { type: "gaussian" std: 0.5 } %s }'
+                           % (params, bias_text), caffe_pb2.LayerParameter())
     layer = create_layer(lp, phase=caffe_pb2.TRAIN, dtype=dtype,
                          rng=np.random.default_rng(seed))
     rng = np.random.default_rng(seed + 1)
@@ -238,6 +239,66 @@ def test_a_failing_call_names_the_function_and_status(standin, monkeypatch):
                                                 "CUDNN_STATUS_BAD_PARAM"):
         cudnn.Convolution2d((2, 3, 7, 6), (4, 3, 3, 3), (2, 4, 7, 6), (1, 1), (1, 1), (1, 1),
                             0, np.float32)
+
+
+# -- the layers' cuDNN path, run on host arrays through the stand-in --------------------
+@pytest.fixture
+def layers_on_standin(standin, monkeypatch):
+    """Convolution layers take their cuDNN path for host arrays, with the stand-in as
+    the library: the code the GPU runs, without the GPU."""
+    from pyfacelayers.layers import _conv_base
+    monkeypatch.setattr(_conv_base, "array_module", lambda array: None)  # "not numpy"
+    monkeypatch.setenv("PYFACELAYERS_CONV_ENGINE", "cudnn")
+    return standin[1]
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["", "bias"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
+def test_layer_cudnn_path_matches_im2col(geometry, dtype, bias, monkeypatch, standin):
+    params, shape = GEOMETRIES[geometry]
+    _, im2col = cpu_conv(params, shape, dtype, bias=bias)
+    probe = standin[1]
+    before = [probe.standin_runs(i) for i in range(3)]
+    with monkeypatch.context() as patch:
+        from pyfacelayers.layers import _conv_base
+        patch.setattr(_conv_base, "array_module", lambda array: None)
+        patch.setenv("PYFACELAYERS_CONV_ENGINE", "cudnn")
+        layer, through_cudnn = cpu_conv(params, shape, dtype, bias=bias)
+    assert [probe.standin_runs(i) - b for i, b in enumerate(before)] == [1, 1, 1]
+    for key in ("y", "dx", "dw"):
+        assert_close(through_cudnn[key], im2col[key], TOL[dtype], key)
+    if bias:  # the bias and its gradient stay numpy/cupy work, beside cuDNN
+        assert_close(layer.blobs[1].diff, im2col["dy"].sum(
+            axis=(0,) + tuple(range(2, im2col["dy"].ndim))), TOL[dtype], "bias diff")
+    assert layer._cudnn_conv[1].x_shape[:2] == shape[:2]
+
+
+def test_layer_cudnn_path_without_propagate_down(layers_on_standin):
+    layer, ref = cpu_conv(*GEOMETRIES["3x3_pad"], np.float32)
+    bottom, top = [Blob(ref["x"].shape, np.float32)], [Blob(ref["y"].shape, np.float32)]
+    bottom[0].data = ref["x"]
+    layer.reshape(bottom, top)
+    layer.forward(bottom, top)
+    top[0].diff = ref["dy"]
+    bottom[0].diff = np.full(ref["x"].shape, 5.0, np.float32)
+    layer.blobs[0].diff = np.zeros(ref["w"].shape, np.float32)
+    runs = layers_on_standin.standin_runs(1)
+    layer.backward(top, [False], bottom)
+    assert layers_on_standin.standin_runs(1) == runs  # no backward-data call
+    assert np.all(bottom[0].diff == 5.0)
+    assert_close(layer.blobs[0].diff, ref["dw"], TOL[np.float32], "dw")
+
+
+@pytest.mark.parametrize("dtype,npz,tol", [(np.float32, "B1_small_f32.npz", 1e-4),
+                                           (np.float64, "B1_small_f64.npz", 1e-9)])
+def test_b1_small_through_the_cudnn_path_matches_caffe(layers_on_standin, dtype, npz, tol):
+    """The SphereFace-20 small net of fixture B1_small, every convolution through the
+    layers' cuDNN path, against the original Caffe's outputs and gradients."""
+    from test_net_parity import test_b1_small_matches_caffe as b1_small_matches_caffe
+    runs = [layers_on_standin.standin_runs(i) for i in range(3)]
+    b1_small_matches_caffe(dtype, npz, tol)
+    assert all(layers_on_standin.standin_runs(i) > runs[i] for i in range(3))
 
 
 # -- loading and engine choice -------------------------------------------------------

@@ -299,9 +299,14 @@ def _xp(array):
     return np
 
 
+def device_of(array):
+    """The CUDA device of a cupy array; -1 for host arrays (the test stand-in)."""
+    return array.device.id if _is_cupy(array) else -1
+
+
 def _device_and_stream(array):
     """(device id, stream pointer) the call runs on: cupy's current stream for cupy
-    arrays; (-1, None) for host arrays (the test stand-in)."""
+    arrays; (-1, None) for host arrays."""
     if _is_cupy(array):
         import cupy
         return array.device.id, cupy.cuda.get_current_stream().ptr

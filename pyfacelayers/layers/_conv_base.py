@@ -256,7 +256,7 @@ class ConvolutionBase(Layer):
         w_shape = (self.num_output, self.channels // self.group) + tuple(self.k2)
         if not cudnn.fits(x_shape, y_shape, w_shape):
             return None  # empty or over cuDNN's int sizes: the im2col path takes it
-        key = (x_shape, self.dtype, data.device.id)
+        key = (x_shape, self.dtype, cudnn.device_of(data))
         cached = getattr(self, "_cudnn_conv", None)
         if cached is None or cached[0] != key:
             try:
