@@ -5,7 +5,8 @@
 ``caffe.set_random_seed``, ``caffe.SGDSolver`` and the other solvers,
 ``caffe.get_solver``, ``caffe.io``, ``caffe.proto.caffe_pb2`` and net_spec's
 ``caffe.NetSpec`` / ``caffe.layers`` / ``caffe.params`` / ``caffe.to_proto``,
-``caffe.Classifier`` and ``caffe.draw``. The SphereFace
+``caffe.Classifier``, ``caffe.draw``, and the process-level ``init_log``, ``log``,
+``Timer``, ``has_nccl`` and solver count/rank functions. The SphereFace
 ``MarginInnerProduct`` layer runs in C++ (and CUDA when built with nvcc).
 """
 
@@ -16,6 +17,9 @@ from .backend import set_device, set_mode_cpu, set_mode_gpu  # noqa: E402
 from .blob import Blob  # noqa: E402
 from .layers import Layer, registered_types  # noqa: E402
 from .net import TEST, TRAIN, Net, set_random_seed  # noqa: E402
+from .process import (NCCL, Timer, has_nccl, init_log, set_multiprocess,  # noqa: E402
+                      set_solver_count, set_solver_rank, solver_count, solver_rank)
+from .process import log_message as log  # noqa: E402
 
 
 def layer_type_list():

@@ -1,0 +1,96 @@
+"""pycaffe's process-level functions, so that scripts calling them run unchanged:
+glog-style logging (``init_log``, ``log``), the multi-GPU solver count and rank, NCCL,
+``set_multiprocess`` and ``Timer``.
+
+pyfacelayers trains on one device per process: the solver count is 1 and the rank 0
+(setting them to anything else is an error saying so), ``has_nccl()`` is False and
+``NCCL`` cannot be made.
+"""
+
+import logging
+import sys
+import time
+
+from .errors import PyFaceLayersError
+
+log = logging.getLogger("pyfacelayers")
+_GLOG_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
+
+
+def init_log(level=0, stderr=False):
+    """Caffe's InitLog: our log lines (glog layout) at glog ``level`` (0 INFO, 1 WARNING,
+    2 ERROR, 3 FATAL) and above, on stderr; ``stderr`` is accepted as pycaffe does."""
+    from .commands._common import add_console
+    if level not in _GLOG_LEVELS:
+        raise ValueError("init_log level must be 0 (INFO) to 3 (FATAL), got %r" % (level,))
+    for handler in list(log.handlers):
+        if getattr(handler, "_pycaffe_init_log", False):
+            log.removeHandler(handler)
+    handler = add_console(sys.stderr, _GLOG_LEVELS[level])
+    handler._pycaffe_init_log = True
+    log.setLevel(_GLOG_LEVELS[level])
+
+
+def log_message(message):
+    """pycaffe's ``caffe.log(msg)``: one INFO line in our log."""
+    log.info("%s", message)
+
+
+def has_nccl():
+    return False
+
+
+def set_multiprocess(multiprocess):
+    """Accepted for pycaffe's multi-GPU scripts; one process trains on one device here."""
+
+
+def solver_count():
+    return 1
+
+
+def solver_rank():
+    return 0
+
+
+def _only_one(what, value, allowed):
+    if value != allowed:
+        raise PyFaceLayersError("%s %r: pyfacelayers trains one solver on one device per "
+                                "process (multi-GPU training is not supported)"
+                                % (what, value))
+
+
+def set_solver_count(count):
+    _only_one("solver count", count, 1)
+
+
+def set_solver_rank(rank):
+    _only_one("solver rank", rank, 0)
+
+
+class NCCL:
+    """pycaffe's NCCL (multi-GPU gradient exchange): not available here."""
+
+    def __init__(self, *args, **kwargs):
+        raise PyFaceLayersError("NCCL multi-GPU training is not supported by pyfacelayers "
+                                "(has_nccl() is False); train on one device")
+
+
+class Timer:
+    """pycaffe's Timer: ``start()``, ``stop()``, and ``ms``, the milliseconds between."""
+
+    def __init__(self):
+        self._start = self._stop = None
+
+    def start(self):
+        self._start, self._stop = time.perf_counter(), None
+
+    def stop(self):
+        if self._start is not None:
+            self._stop = time.perf_counter()
+
+    @property
+    def ms(self):
+        if self._start is None:
+            return 0.0
+        end = self._stop if self._stop is not None else time.perf_counter()
+        return (end - self._start) * 1000.0
