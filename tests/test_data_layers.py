@@ -415,6 +415,37 @@ def test_memorydata_cycles_through_the_arrays():
     np.testing.assert_array_equal(run(layer, top)[0], data[:2] + 100)
 
 
+def test_memorydata_position_is_restored():
+    data = np.arange(6 * 6, dtype=np.float32).reshape(6, 3, 2, 1)
+    labels = np.arange(6, dtype=np.float32)
+    layer, top = make_layer(MEMORY)
+    assert layer.get_state() == {}
+    layer.set_input_arrays(data, labels)
+    run(layer, top)
+    state = layer.get_state()
+    assert state == {"pos": 2, "count": 6}
+    # arrays first, then the restore (pycaffe's usual order) ...
+    again, top2 = make_layer(MEMORY)
+    again.set_input_arrays(data, labels)
+    again.set_state(state)
+    np.testing.assert_array_equal(run(again, top2)[0], data[2:4])
+    # ... or the restore first: applied when the arrays come
+    later, top3 = make_layer(MEMORY)
+    later.set_state(state)
+    later.set_input_arrays(data, labels)
+    np.testing.assert_array_equal(run(later, top3)[0], data[2:4])
+    later.set_input_arrays(data, labels)  # a later reset starts from item 0 again
+    np.testing.assert_array_equal(run(later, top3)[0], data[0:2])
+    other, _ = make_layer(MEMORY)
+    other.set_state(state)
+    with pytest.raises(LayerError, match=r"item 2 of 6\) does not fit the arrays given "
+                                         r"\(4 items"):
+        other.set_input_arrays(data[:4], labels[:4])
+    for bad in ({"pos": -2, "count": 6}, {"pos": 2}, [2, 6], {"pos": True, "count": 6}):
+        with pytest.raises(LayerError, match="saved|bad saved state"):
+            make_layer(MEMORY)[0].set_state(bad)
+
+
 def test_memorydata_errors():
     with pytest.raises(LayerError, match="must be positive"):
         make_layer('name: "m" type: "MemoryData" top: "a" top: "b" '
@@ -650,3 +681,35 @@ def test_missing_optional_packages_give_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(LayerError, match="needs the h5py package"):
         make_layer('name: "h" type: "HDF5Data" top: "data" hdf5_data_param { source: "%s" '
                    'batch_size: 1 }' % (tmp_path / "list.txt"))
+
+
+def test_memorydata_resume_continues_with_the_next_batch(tmp_path):
+    """A snapshot taken mid-epoch and restored (arrays set again) gives the same weights
+    as a run that was never stopped: the MemoryData position travels in the side file."""
+    import pyfacelayers as caffe
+    text = ('base_lr: 0.1 lr_policy: "fixed" max_iter: 10 display: 0 random_seed: 3 '
+            'snapshot_prefix: "%s" net_param { '
+            'layer { name: "m" type: "MemoryData" top: "data" top: "label" '
+            'memory_data_param { batch_size: 2 channels: 3 height: 1 width: 1 } } '
+            'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+            'inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 1 } } } '
+            'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" '
+            'top: "loss" } }' % (tmp_path / "snap"))
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((6, 3, 1, 1)).astype(np.float32)
+    labels = rng.integers(0, 4, 6).astype(np.float32)
+
+    def solver():
+        s = caffe.get_solver(text)
+        s.net.set_input_arrays(data, labels)
+        return s
+    straight = solver()
+    straight.step(3)
+    first = solver()
+    first.step(2)  # position: item 4 of 6
+    first.snapshot()
+    resumed = solver()
+    resumed.restore(str(tmp_path / "snap_iter_2.solverstate"))
+    resumed.step(1)
+    np.testing.assert_array_equal(resumed.net.params["ip"][0].data,
+                                  straight.net.params["ip"][0].data)

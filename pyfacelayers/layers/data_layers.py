@@ -139,6 +139,7 @@ class MemoryDataLayer(_DataLayer):
                                                                 self.height, self.width))
         self._data = self._labels = None
         self._n = self._pos = 0
+        self._pending = None  # a restored position waiting for its arrays
         top[0].reshape(self.batch_size, self.channels, self.height, self.width)
         top[1].reshape(self.batch_size)
 
@@ -167,8 +168,41 @@ class MemoryDataLayer(_DataLayer):
                              "multiple of batch_size %d" % (data.shape[0], self.batch_size))
         self._data, self._labels = data, labels
         self._n, self._pos = data.shape[0], 0
+        if self._pending is not None:
+            self._apply(self._pending)
 
     reset = set_input_arrays
+
+    # -- state (saved with solver snapshots) ---------------------------------------------
+    def get_state(self):
+        """The next item and how many items the arrays hold ({} before any arrays)."""
+        return {"pos": int(self._pos), "count": int(self._n)} if self._data is not None else {}
+
+    def set_state(self, state):
+        """Restore :meth:`get_state`'s position: now when arrays of that many items are
+        set, else when they are (a script may restore before set_input_arrays)."""
+        if not isinstance(state, dict) or (state and set(state) != {"pos", "count"}):
+            raise self.error("bad saved state %r: expected the keys pos and count" % (state,))
+        if not state:
+            return
+        for key in ("pos", "count"):
+            if isinstance(state[key], bool) or not isinstance(state[key], int) \
+                    or state[key] < 0:
+                raise self.error("saved %s %r is not a count" % (key, state[key]))
+        if self._data is None:
+            self._pending = dict(state)
+        else:
+            self._apply(state)
+
+    def _apply(self, state):
+        self._pending = None
+        if state["count"] != self._n or state["pos"] >= self._n \
+                or state["pos"] % self.batch_size:
+            raise self.error("the saved position (item %d of %d) does not fit the arrays given "
+                             "(%d items, batch_size %d): were other arrays set since the "
+                             "snapshot?" % (state["pos"], state["count"], self._n,
+                                            self.batch_size))
+        self._pos = state["pos"]
 
     def set_batch_size(self, batch_size):
         if batch_size <= 0:
