@@ -219,12 +219,21 @@ def _pooling(graph, net, layer, name, x, tops):
         return
     size_in = net.blobs[net.bottom_names[name][0]].shape[2:]
     size_out = net.blobs[tops[0]].shape[2:]
-    # Caffe rounds the output size up; pad the end so that ONNX's rounding down agrees.
-    pad_end = [(o - 1) * s + k - i - p for i, o, k, s, p in
+    # Caffe rounds the output size up (then drops a last window that would start in the
+    # padding); pad the end so that ONNX's rounding down gives the same windows.
+    pad_end = [max(0, (o - 1) * s + k - i - p) for i, o, k, s, p in
                zip(size_in, size_out, layer.kernel, layer.stride, layer.pad)]
-    if min(pad_end) < 0:
+    onnx_out = [(i + p + e - k) // s + 1 for i, p, e, k, s in
+                zip(size_in, layer.pad, pad_end, layer.kernel, layer.stride)]
+    if onnx_out != list(size_out):
         raise ExportError('layer "%s": pooling output %s cannot be expressed with ONNX '
                           'padding' % (name, list(size_out)))
+    if any(e >= k for e, k in zip(pad_end, layer.kernel)):
+        # Caffe rounds up into a window wholly past the input (a stride larger than the
+        # kernel): it outputs -FLT_MAX (MAX) there, which ONNX padding cannot give.
+        raise ExportError('layer "%s": the last pooling window lies wholly outside the '
+                          'input (stride %s > kernel %s); ONNX cannot express it'
+                          % (name, list(layer.stride), list(layer.kernel)))
     if method == 1 and any(e > p for e, p in zip(pad_end, layer.pad)):
         # Caffe averages over the window clipped at the padded edge; past it ONNX would
         # still divide by the whole kernel.

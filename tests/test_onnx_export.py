@@ -143,6 +143,49 @@ def test_eltwise_matches_onnxruntime(operation):
     check(net, {"data": (2, 3, 4), "data2": (2, 3, 4)})
 
 
+def test_random_pooling_and_convolution_geometries():
+    """60 seeded random geometries (MAX/AVE pooling, convolution and deconvolution with
+    stride, padding, dilation and groups): each one is exported and matches, or is
+    refused with an ExportError (AVE windows past the padded edge, windows wholly
+    outside the input), never exported wrong."""
+    rng = np.random.default_rng(5)
+    exported = 0
+    for trial in range(60):
+        channels, (height, width) = int(rng.integers(1, 4)), rng.integers(4, 12, 2)
+        k, s = int(rng.integers(1, 5)), int(rng.integers(1, 4))
+        p = int(rng.integers(0, k))
+        kind = ("MAX", "AVE", "Convolution", "Deconvolution")[trial % 4]
+        if kind in ("MAX", "AVE"):
+            text = ('layer { name: "p" type: "Pooling" bottom: "data" top: "p" pooling_param '
+                    '{ pool: %s kernel_size: %d stride: %d pad: %d } }' % (kind, k, s, p))
+        else:
+            group = int(rng.choice([1, channels]))
+            text = ('layer { name: "p" type: "%s" bottom: "data" top: "p" convolution_param { '
+                    'num_output: %d kernel_size: %d stride: %d pad: %d dilation: %d group: %d '
+                    '%s } }' % (kind, group * int(rng.integers(1, 3)), k, s, p,
+                                int(rng.integers(1, 3)), group, W))
+        shape = (2, channels, int(height), int(width))
+        try:
+            net = one_layer_net(text, shape)
+        except caffe.errors.LayerError:  # a kernel larger than the padded input
+            continue
+        try:
+            check(net, {"data": shape})
+            exported += 1
+        except ExportError as exc:
+            assert kind in ("MAX", "AVE") and ("overhangs" in str(exc)
+                                               or "wholly outside" in str(exc)), str(exc)
+    assert exported >= 40
+
+
+def test_window_wholly_outside_the_input_is_refused():
+    net = one_layer_net('layer { name: "p" type: "Pooling" bottom: "data" top: "p" '
+                        'pooling_param { pool: MAX kernel_size: 1 stride: 3 } }', (1, 1, 5, 5))
+    with pytest.raises(ExportError, match="wholly outside the input \\(stride \\[3, 3\\] > "
+                                          "kernel \\[1, 1\\]\\)"):
+        export(net)
+
+
 @pytest.mark.parametrize("npz,net_path", B3_CASES)
 def test_exported_deploy_nets_reproduce_caffe(npz, net_path):
     """The original Caffe's fc5 (fixture B3) from the exported model, in onnxruntime,
