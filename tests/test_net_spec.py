@@ -126,6 +126,9 @@ def test_package_level_names():
     assert caffe.NetSpec is caffe.net_spec.NetSpec
     with pytest.raises(AttributeError):
         caffe.layers.not_a_layer_or_module  # lower case: still the layers package's miss
+    from pyfacelayers.layers import ConvolutionLayer  # a class name is the class itself
+    from pyfacelayers.layers.convolution import ConvolutionLayer as defined
+    assert ConvolutionLayer is defined
 
 
 def _error(make, match):

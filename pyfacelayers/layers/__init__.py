@@ -17,8 +17,12 @@ __all__ = ["Layer", "create_layer", "layer_class", "register", "registered_types
 
 
 def __getattr__(name):
-    """``layers.Convolution(...)`` and any other Caffe type name: pycaffe's net_spec
-    layer factory (``from pyfacelayers import layers as L``), see ``net_spec.py``."""
+    """A layer class by its class name (``layers.ConvolutionLayer``); any other
+    capitalised name is a Caffe type for pycaffe's net_spec layer factory
+    (``from pyfacelayers import layers as L; L.Convolution(...)``, see ``net_spec.py``)."""
+    classes = {layer_class(t).__name__: layer_class(t) for t in registered_types()}
+    if name in classes:
+        return classes[name]
     if name[:1].isupper():
         from ..net_spec import layers as factory
         return getattr(factory, name)
