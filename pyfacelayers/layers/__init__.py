@@ -17,11 +17,12 @@ __all__ = ["Layer", "create_layer", "layer_class", "register", "registered_types
 
 
 def __getattr__(name):
-    """A layer class by its class name (``layers.ConvolutionLayer``); any other
-    capitalised name is a Caffe type for pycaffe's net_spec layer factory
-    (``from pyfacelayers import layers as L; L.Convolution(...)``, see ``net_spec.py``)."""
+    """A Caffe type name is pycaffe's net_spec layer factory (``from pyfacelayers import
+    layers as L; L.Convolution(...)``, see ``net_spec.py``), as is any other capitalised
+    name, except the class name of one of our layers, which gives the class
+    (``layers.ConvolutionLayer``)."""
     classes = {layer_class(t).__name__: layer_class(t) for t in registered_types()}
-    if name in classes:
+    if name in classes and name not in registered_types():
         return classes[name]
     if name[:1].isupper():
         from ..net_spec import layers as factory
