@@ -366,6 +366,7 @@ class Convolution2d:
                                                        self.x_shape, self.w_shape,
                                                        self.y_shape))
         self.algos = {}  # direction -> (algo, workspace bytes), chosen on first use
+        self._directions = self._build_directions()
 
     def _new(self, kind):
         desc = _P()
@@ -378,8 +379,9 @@ class Convolution2d:
         self.lib.call("cudnnSetTensor4dDescriptor", desc, TENSOR_NCHW, data_type, *shape)
         return desc
 
-    # The three directions share one shape of call: (query args, run args).
-    def _directions(self):
+    # The three directions share one shape of call: (query name, run name, allowed
+    # algorithms, descriptors in cuDNN's order). Built once; every call looks it up.
+    def _build_directions(self):
         return {
             "forward": ("ForwardAlgorithm", "Forward", FWD_ALGOS,
                         (self.x_desc, self.w_desc, self.conv_desc, self.y_desc)),
@@ -394,7 +396,7 @@ class Convolution2d:
         """The algorithm and workspace size for a direction (cached)."""
         if direction in self.algos:
             return self.algos[direction]
-        query, run, allowed, descs = self._directions()[direction]
+        query, run, allowed, descs = self._directions[direction]
         limit = workspace_limit()
         perf = (AlgoPerf * ALGO_COUNT)()
         count = ctypes.c_int()
@@ -437,7 +439,7 @@ class Convolution2d:
         """{direction: algorithm name} of those chosen so far (for logs and benchmarks)."""
         names = {}
         for direction, (algo, size) in self.algos.items():
-            table = self._directions()[direction][2]
+            table = self._directions[direction][2]
             names[direction] = "%s (%d KiB workspace)" % (table[algo], size >> 10)
         return names
 
@@ -455,7 +457,7 @@ class Convolution2d:
             self.lib.call("cudnnSetStream", handle, stream)
         algo, size = self.choose(direction, handle)
         workspace = _xp(out).empty(max(size, 1), dtype=np.uint8)
-        _, run, _, descs = self._directions()[direction]
+        _, run, _, descs = self._directions[direction]
         alpha, beta_ = self.scalar(1.0), self.scalar(beta)
         self.lib.call("cudnnConvolution" + run, handle, ctypes.byref(alpha), descs[0],
                       _address(first), descs[1], _address(second), descs[2], algo,
