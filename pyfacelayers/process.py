@@ -1,5 +1,6 @@
 """pycaffe's process-level functions, so that scripts calling them run unchanged:
-glog-style logging (``init_log``, ``log``), the multi-GPU solver count and rank, NCCL,
+glog-style logging (``init_log``, ``log``; the glog line layout is shared with the
+command line's ``--log`` files), the multi-GPU solver count and rank, NCCL,
 ``set_multiprocess`` and ``Timer``.
 
 pyfacelayers trains on one device per process: the solver count is 1 and the rank 0
@@ -8,6 +9,7 @@ pyfacelayers trains on one device per process: the solver count is 1 and the ran
 """
 
 import logging
+import os
 import sys
 import time
 
@@ -17,10 +19,44 @@ log = logging.getLogger("pyfacelayers")
 _GLOG_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
 
 
+class GlogFormatter(logging.Formatter):
+    """``I1127 00:10:05.123456 4242 solver.py:218] message``: glog's layout, so tools
+    written for Caffe logs (parse_log.py, extract_seconds.py) read ours."""
+
+    LEVELS = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W",
+              logging.ERROR: "E", logging.CRITICAL: "F"}
+
+    def format(self, record):
+        t = time.localtime(record.created)
+        micro = int((record.created - int(record.created)) * 1e6)
+        head = "%s%s.%06d %d %s:%d] " % (self.LEVELS.get(record.levelno, "I"),
+                                        time.strftime("%m%d %H:%M:%S", t), micro,
+                                        os.getpid(), record.filename, record.lineno)
+        return head + record.getMessage()
+
+
+def add_log_file(path):
+    """Send the "pyfacelayers" logger's INFO lines to ``path`` in glog's layout."""
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(GlogFormatter())
+    handler.setLevel(logging.INFO)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def add_console(stream=None, level=logging.INFO):
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(GlogFormatter())
+    handler.setLevel(level)
+    log.addHandler(handler)
+    log.setLevel(min(log.level or level, level))
+    return handler
+
+
 def init_log(level=0, stderr=False):
     """Caffe's InitLog: our log lines (glog layout) at glog ``level`` (0 INFO, 1 WARNING,
     2 ERROR, 3 FATAL) and above, on stderr; ``stderr`` is accepted as pycaffe does."""
-    from .commands._common import add_console
     if level not in _GLOG_LEVELS:
         raise ValueError("init_log level must be 0 (INFO) to 3 (FATAL), got %r" % (level,))
     for handler in list(log.handlers):

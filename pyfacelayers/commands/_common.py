@@ -1,50 +1,11 @@
-"""Helpers shared by the train/test/time commands: device selection and Caffe-style
-(glog) log lines."""
+"""Helpers shared by the train/test/time commands: device selection, arguments and
+NetState stages. (Caffe-style log lines: ``pyfacelayers.process``.)"""
 
 import logging
-import os
-import sys
-import time
 
 from .. import backend
 
 log = logging.getLogger("pyfacelayers")
-
-
-
-class GlogFormatter(logging.Formatter):
-    """``I1127 00:10:05.123456 4242 solver.py:218] message``: glog's layout, so tools
-    written for Caffe logs (parse_log.py, extract_seconds.py) read ours."""
-
-    LEVELS = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W",
-              logging.ERROR: "E", logging.CRITICAL: "F"}
-
-    def format(self, record):
-        t = time.localtime(record.created)
-        micro = int((record.created - int(record.created)) * 1e6)
-        head = "%s%s.%06d %d %s:%d] " % (self.LEVELS.get(record.levelno, "I"),
-                                        time.strftime("%m%d %H:%M:%S", t), micro,
-                                        os.getpid(), record.filename, record.lineno)
-        return head + record.getMessage()
-
-
-def add_log_file(path):
-    """Send the "pyfacelayers" logger's INFO lines to ``path`` in glog's layout."""
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-    handler.setFormatter(GlogFormatter())
-    handler.setLevel(logging.INFO)
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    return handler
-
-
-def add_console(stream=None, level=logging.INFO):
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(GlogFormatter())
-    handler.setLevel(level)
-    log.addHandler(handler)
-    log.setLevel(min(log.level or level, level))
-    return handler
 
 
 def add_device_arguments(parser):

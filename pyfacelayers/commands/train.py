@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 from ..fileio.atomic import stale_temp_files
+from ..process import add_log_file
 from ..solvers import get_solver, read_solver
 from ..solvers.snapshot import latest_snapshot
 from . import _common
@@ -150,7 +151,7 @@ def run(args, stream=None):
     progress_ref = [None]
     handlers = [ConsoleHandler(progress_ref)]
     if args.log:
-        handlers.append(_common.add_log_file(args.log))
+        handlers.append(add_log_file(args.log))
     log.addHandler(handlers[0])
     old_level = log.level
     log.setLevel(logging.INFO)
