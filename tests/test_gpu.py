@@ -302,6 +302,7 @@ def test_every_computing_layer_type_is_covered():
                for t, _, _ in LAYER_CASES.values()}
     data = {"Input", "Data", "DummyData", "ImageData", "MemoryData", "HDF5Data", "Silence",
             "WindowData", "HDF5Output"}
+    data.add("Python")  # runs the user's code (tests/test_python_layer.py)
     missing = sorted(set(registered_types()) - covered - data)
     assert not missing, "layer types without a GPU-vs-CPU case: %s" % missing
 
