@@ -304,6 +304,12 @@ class Net:
 
     def forward_from_to(self, start=0, end=None):
         """Run layers start..end (inclusive); returns the weighted loss."""
+        return float(self._forward_range(start, end))
+
+    def _forward_range(self, start=0, end=None):
+        """forward_from_to, with the loss left where it was computed: a float on the
+        CPU, a 0-d device array on the GPU (reading it back would wait for the device;
+        the solver reads losses only when it shows them)."""
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
         for i in range(start, end + 1):
@@ -313,7 +319,11 @@ class Net:
             layer.forward(bottom, top)
             for j, weight in self._loss_weights[i]:
                 top[j].diff[...] = weight
-                loss += weight * float(top[j].data.sum())
+                total = top[j].data.sum()
+                if top[j].xp is np:
+                    loss += weight * float(total)
+                else:  # summed in double, as float() does on the CPU
+                    loss = loss + weight * total.astype(np.float64)
         return loss
 
     def backward_from_to(self, start=None, end=0):
@@ -367,7 +377,11 @@ class Net:
 
     def forward_backward(self):
         """Caffe's ForwardBackward: returns the loss after a full forward and backward."""
-        loss = self.forward_from_to()
+        return float(self._forward_backward())
+
+    def _forward_backward(self):
+        """forward_backward with the loss left on the device (see _forward_range)."""
+        loss = self._forward_range()
         self.backward_from_to()
         return loss
 

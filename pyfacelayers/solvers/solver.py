@@ -69,7 +69,7 @@ class Solver:
         self.iter = 0
         self.current_step = 0
         self.lr = None            # the rate of the latest update (float, in the Dtype)
-        self.smoothed_loss = 0.0
+        self.smoothed_loss = 0.0  # (a property: see _update_smoothed_loss)
         self._losses = []
         self._callbacks = []      # pycaffe's (on_start, on_gradients) pairs
         self._iteration_callbacks = []
@@ -310,9 +310,12 @@ class Solver:
                 on_start()
             display = p.display and self.iter % p.display == 0
             loss = 0.0
+            # Our Net leaves a GPU loss on the device (no wait); other nets give floats.
+            forward_backward = getattr(self.net, "_forward_backward",
+                                       self.net.forward_backward)
             for _ in range(p.iter_size):
-                loss += float(self.net.forward_backward())
-            loss /= p.iter_size
+                loss = loss + forward_backward()
+            loss = loss / p.iter_size
             self._update_smoothed_loss(loss, start_iter)
             if display:
                 self._log_train_outputs()
@@ -331,16 +334,44 @@ class Solver:
                 self.requested_early_exit = True
                 break
 
+    # Caffe's UpdateSmoothedLoss. A GPU loss is a 0-d device array: reading it would
+    # make the host wait for the device every iteration, so such losses are queued and
+    # folded in, with the same arithmetic and in order, only when the smoothed loss is
+    # read (display lines, the end of step(), callbacks that ask for it).
     def _update_smoothed_loss(self, loss, start_iter):
+        self._unsettled.append((loss, self.iter - start_iter))
+        if isinstance(loss, float):
+            self._settle_losses()
+
+    @property
+    def smoothed_loss(self):
+        self._settle_losses()
+        return self._smoothed_loss
+
+    @smoothed_loss.setter
+    def smoothed_loss(self, value):
+        self._unsettled = []
+        self._smoothed_loss = float(value)
+
+    def _settle_losses(self):
+        if not self._unsettled:
+            return
+        pending, self._unsettled = self._unsettled, []
+        on_device = [loss for loss, _ in pending if not isinstance(loss, float)]
+        if on_device:  # one transfer for all of them
+            import cupy
+            values = iter(cupy.stack(on_device).get().tolist())
         average = self.param.average_loss
-        if len(self._losses) < average:
-            self._losses.append(loss)
-            size = len(self._losses)
-            self.smoothed_loss = (self.smoothed_loss * (size - 1) + loss) / size
-        else:
-            idx = (self.iter - start_iter) % average
-            self.smoothed_loss += (loss - self._losses[idx]) / average
-            self._losses[idx] = loss
+        for loss, position in pending:
+            loss = loss if isinstance(loss, float) else next(values)
+            if len(self._losses) < average:
+                self._losses.append(loss)
+                size = len(self._losses)
+                self._smoothed_loss = (self._smoothed_loss * (size - 1) + loss) / size
+            else:
+                idx = position % average
+                self._smoothed_loss += (loss - self._losses[idx]) / average
+                self._losses[idx] = loss
 
     def _log_train_outputs(self):
         lapse = time.time() - self._timer
