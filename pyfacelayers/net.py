@@ -375,6 +375,12 @@ class Net:
         names += [d for d in (diffs or []) if d not in names]
         return {name: self.blobs[name].diff for name in names}
 
+    def settle_checks(self):
+        """Raise what the layers' pending device-side checks found (see
+        Layer.defer_checks); waits for the device only if one is still running."""
+        for layer in self.layers:
+            layer.settle_checks()
+
     def forward_backward(self):
         """Caffe's ForwardBackward: returns the loss after a full forward and backward."""
         return float(self._forward_backward())

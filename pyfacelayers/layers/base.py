@@ -93,6 +93,22 @@ class Layer:
         """Write bottom diffs (where propagate_down) and accumulate param diffs."""
 
     # -- helpers -----------------------------------------------------------------
+    # Checks that need the device's answer (e.g. a label out of range, found by a GPU
+    # kernel) may be left pending, when the solver sets defer_checks, so that the host
+    # need not wait for the device inside a training iteration; settle_checks() raises
+    # what a pending one found. The layer itself settles the previous one at its next
+    # forward.
+    defer_checks = False
+
+    def defer_check(self, check):
+        """Keep ``check()`` (which raises this layer's error) for settle_checks()."""
+        self.__dict__.setdefault("_pending_checks", []).append(check)
+
+    def settle_checks(self):
+        pending = self.__dict__.pop("_pending_checks", None)
+        for check in pending or ():
+            check()
+
     def error(self, message):
         return LayerError(self.name, self.type, message)
 

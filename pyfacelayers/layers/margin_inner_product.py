@@ -270,6 +270,16 @@ class MarginInnerProduct(Layer):
                              % (i, float(labels[i]), n))
         return labels
 
+    def _settle(self, pending, iteration):
+        """Raise what the deferred GPU check of an earlier forward found (bad label or
+        zero weight row), naming the iteration whose forward met it."""
+        try:
+            pending.raise_if_bad()
+        except ValueError as exc:
+            raise self.error("%s (found by the forward of iteration %d; the device check "
+                             "is read one iteration later in training)"
+                             % (exc, iteration)) from None
+
     def _kernel(self, fn, *args):
         try:
             return fn(*args)
@@ -291,13 +301,18 @@ class MarginInnerProduct(Layer):
 
         if xp is np:
             self._kernel(kernels.margin_normalize_rows, weight)
-        else:  # GPU: the label check shares the norms' one synchronisation (gpu helper)
-            self._kernel(kernels.margin_normalize_rows, weight, labels)
+        else:  # GPU: the label check shares the norms' kernels (gpu helper); in training
+            # its verdict is read one iteration later, so the host never waits here
+            self.settle_checks()
+            pending = self._kernel(kernels.margin_normalize_rows, weight, labels,
+                                   not self.defer_checks)
+            if pending is not None:
+                self.defer_check(lambda it=self.iteration + 1: self._settle(pending, it))
         self.iteration += 1
         lam = self.lambda_ = self._lambda()
         xp.matmul(x, weight.T, out=out)
-        saved = {"x_norm": xp.empty(m, self.dtype), "cos_y": xp.empty(m, self.dtype),
-                 "logit_y": xp.empty(m, self.dtype)}
+        rows = xp.empty((3, m), self.dtype)  # one allocation for the three per-row values
+        saved = {"x_norm": rows[0], "cos_y": rows[1], "logit_y": rows[2]}
         self._kernel(kernels.margin_forward, out, x, labels, float(lam), self.margin_type,
                      saved["x_norm"], saved["cos_y"], saved["logit_y"])
         saved["lambda"] = lam

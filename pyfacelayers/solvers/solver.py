@@ -85,6 +85,8 @@ class Solver:
         log.info("Initializing solver from parameters: %s", self._where)
         seed = self.param.random_seed if self.param.random_seed >= 0 else None
         self.net = self._init_train_net(seed)
+        for layer in self.net.layers:  # settled at display, test, snapshot and the end
+            layer.defer_checks = True
         self.test_nets = self._init_test_nets(seed)
         log.info("Solver scaffolding done.")
         params = self.net.learnable_params
@@ -373,7 +375,13 @@ class Solver:
                 self._smoothed_loss += (loss - self._losses[idx]) / average
                 self._losses[idx] = loss
 
+    def _settle_checks(self):
+        settle = getattr(self.net, "settle_checks", None)  # nets of our own kind
+        if settle is not None:
+            settle()
+
     def _log_train_outputs(self):
+        self._settle_checks()
         lapse = time.time() - self._timer
         per_s = (self.iter - self._iterations_last) / (lapse or 1.0)
         log.info("Iteration %d (%s iter/s, %ss/%d iters), loss = %s", self.iter, _fmt(per_s),
@@ -401,6 +409,7 @@ class Solver:
             self.restore(resume_file)
         start_iter = self.iter
         self.step(p.max_iter - self.iter)
+        self._settle_checks()
         snapshotted_now = p.snapshot and self.iter % p.snapshot == 0
         if p.snapshot_after_train and not snapshotted_now:
             self.snapshot()
@@ -427,6 +436,7 @@ class Solver:
 
     # -- testing ---------------------------------------------------------------------
     def test_all(self):
+        self._settle_checks()
         for i in range(len(self.test_nets)):
             if self.requested_early_exit:
                 break
@@ -556,6 +566,7 @@ class Solver:
         """Write <prefix>_iter_<N>.caffemodel, the .solverstate and its side file (with
         ``snapshot_format: HDF5``: .caffemodel.h5 and .solverstate.h5, as Caffe).
         Returns the solverstate path."""
+        self._settle_checks()  # nothing is saved from an iteration that met an error
         if self._in_update:
             raise SolverError("cannot snapshot in the middle of an update")
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
