@@ -7,10 +7,11 @@
    Targets: ours within 1.3x of (a); at least 50x faster than (b).
 2. SphereFace-20 training step (solver SGD step: forward, backward, update) at batch
    256, 112x96, float32, fc6 with 10572 classes: images/s of our GPU backend, once per
-   convolution engine (im2col + cuBLAS; cuDNN with reproducible, then fastest
-   algorithms; the cuDNN runs fail with one clear line where cuDNN is not installed),
-   against the same architecture in PyTorch (bench/torch_sphereface.py). Target: within
-   1.5x.
+   convolution engine (cuDNN deterministic, the default; im2col + cuBLAS; cuDNN
+   reproducible, fastest and with Winograd; the cuDNN runs fail with one clear line
+   where cuDNN is not installed), against the same architecture in PyTorch
+   (bench/torch_sphereface.py), strict float32 and TF32; device memory held by each.
+   Target: at most 1.0x PyTorch strict float32.
 
 Each part runs in its own try/except and prints one clear line when it fails. Times:
 CUDA events, warm-up first, median of the repeats. PFL_SHARED (default ../shared)
@@ -290,6 +291,10 @@ def bench_sphereface_ours(batch, num_classes, warmup, timed, gpu=True, engine=EN
         for _ in range(timed):
             step()
         ms = (time.time() - t0) / timed * 1e3
+    if gpu:
+        import cupy
+        held = cupy.get_default_memory_pool().total_bytes() / 2 ** 20
+        row("device memory held, ours (%s; cupy pool)" % label, held, "MiB")
     losses = [float(v) for v in losses]
     print("  losses: %s" % ", ".join("%.4g" % v for v in losses[:8]), flush=True)
     if gpu:
@@ -354,6 +359,8 @@ def bench_sphereface_torch(batch, num_classes, warmup, timed, tf32):
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
     step = make_training_step(batch, num_classes, "cuda")
     for _ in range(warmup):
         step()
@@ -371,6 +378,8 @@ def bench_sphereface_torch(batch, num_classes, warmup, timed, tf32):
     if not torch.isfinite(loss).item():
         raise RuntimeError("PyTorch loss is not finite")
     label = "TF32 allowed" if tf32 else "strict fp32"
+    row("device memory held, PyTorch %s (max reserved)" % label,
+        torch.cuda.max_memory_reserved() / 2 ** 20, "MiB")
     row("SphereFace-20 step, PyTorch %s (cudnn.benchmark)" % label, ms, "ms")
     row("SphereFace-20, PyTorch %s images/s" % label, batch / (ms / 1e3), "img/s")
     del step
