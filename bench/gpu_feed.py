@@ -38,7 +38,7 @@ def make_jpegs(folder, count, seed=0):
     path = os.path.join(folder, "list.txt")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
-    return path, count // 20
+    return path, (count - 1) // 20 + 1
 
 
 def solver_for(param, gpu):
