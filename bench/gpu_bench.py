@@ -412,6 +412,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cpu-smoke", action="store_true")
+    parser.add_argument("--engines", type=int, default=len(ENGINES),
+                        help="time only the first N engines (default: all)")
+    parser.add_argument("--no-tf32", action="store_true", help="skip PyTorch with TF32")
     args = parser.parse_args()
     if args.cpu_smoke:
         part("SphereFace-20 (CPU smoke, batch 2, 100 classes)", bench_sphereface_ours, 2, 100,
@@ -432,7 +435,7 @@ def main():
     def torch_tf32():
         results["torch_tf32"] = bench_sphereface_torch(256, 10572, warmup, timed, True)
 
-    for engine in ENGINES:
+    for engine in ENGINES[:args.engines]:
         part("SphereFace-20 training step, ours on the GPU (%s)" % engine[0], ours, engine)
         try:
             import cupy
@@ -440,8 +443,9 @@ def main():
         except Exception:
             pass
     part("SphereFace-20 training step, PyTorch (strict fp32)", torch_strict)
-    part("SphereFace-20 training step, PyTorch (TF32 allowed, PyTorch's conv default)",
-         torch_tf32)
+    if not args.no_tf32:
+        part("SphereFace-20 training step, PyTorch (TF32 allowed, PyTorch's conv default)",
+             torch_tf32)
     for engine in ENGINES:
         if engine in results and "torch" in results:
             row("SphereFace-20 ratio ours (%s) / PyTorch strict fp32 (target <= 1.0)"
