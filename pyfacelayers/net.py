@@ -142,6 +142,7 @@ class Net:
         owners = {}  # shared param name -> (layer index, blob index)
         self.learnable_params, self.params_lr, self.params_weight_decay = [], [], []
         self.param_display_names = []
+        self._explicit_mults = []  # per learnable param: whether lr/decay_mult were given
         self._param_need_backward = []
         blob_need_backward = {}
         self._layer_need_backward, self._bottom_need_backward = [], []
@@ -186,6 +187,9 @@ class Net:
                 self.inputs.extend(lp.top)
             in_place_shapes = [(j, b.shape) for j, b in enumerate(bottoms)
                                if j < len(tops) and tops[j] is b]
+            # The param specs as written: a layer's setup may add its own (BatchNorm
+            # pins its statistics to lr_mult 0), but Caffe's Net::Init reads the net's.
+            declared_lr = [spec.lr_mult for spec in lp.param]
             layer.setup(bottoms, tops)
             for j, shape in in_place_shapes:
                 # The top is the bottom's blob: a layer that reshapes it (InnerProduct
@@ -195,16 +199,19 @@ class Net:
                                    'changes its shape from %s to %s; give the top another '
                                    'name' % (lp.name, lp.type, lp.top[j], shape,
                                              tops[j].shape))
+            if len(declared_lr) > len(layer.blobs):
+                raise NetError('layer "%s" (%s): %d param specs for %d parameter blob(s) '
+                               '(too many params specified)'
+                               % (lp.name, lp.type, len(declared_lr), len(layer.blobs)))
             self._share_params(i, layer, lp, owners)
-            # Parameters: learned unless lr_mult is 0 (Caffe's param_need_backward).
-            param_need = []
-            for k in range(len(layer.blobs)):
-                lr = lp.param[k].lr_mult if k < len(lp.param) else layer.default_lr_mult
-                param_need.append(lr != 0)
-                need_backward |= lr != 0
-            # Caffe's fixtures show every parameter diff computed, lr_mult 0 included,
-            # so layers are not told to skip any (lr_mult acts in the solver).
+            # Caffe's param_propagate_down: a parameter gets a diff only when its
+            # lr_mult is not 0 (no param spec means lr_mult 1); force_backward turns
+            # every one on below. A learned parameter makes the layer need backward.
+            param_need = [(declared_lr[k] if k < len(declared_lr) else 1.0) != 0
+                          for k in range(len(layer.blobs))]
+            need_backward |= any(param_need)
             self._param_need_backward.append(param_need)
+            layer.param_propagate_down = list(param_need)
             # Loss weights (Caffe's SetLossWeights): explicit, else 1 on a loss layer's top 0.
             weights = []
             for j, name in enumerate(lp.top):
@@ -236,6 +243,7 @@ class Net:
                 self._bottom_need_backward[i] = [
                     need or layer.allow_force_backward(j)
                     for j, need in enumerate(self._bottom_need_backward[i])]
+                layer.param_propagate_down = [True] * len(layer.blobs)
         self.outputs = sorted(available)  # Caffe keeps them in a std::set
         self.params = OrderedDict(
             (name, layer.blobs) for name, layer in zip(self._layer_names, self.layers)
@@ -257,13 +265,35 @@ class Net:
                                                         owner.shape))
                 self._forget(blob)
                 layer.blobs[k] = owner
+                self._merge_shared_mults(lp.name, spec, owner)
                 continue
             if spec.name:
                 owners[spec.name] = (i, k)
             self.learnable_params.append(blob)
+            self._explicit_mults.append({"lr_mult": spec.HasField("lr_mult"),
+                                         "decay_mult": spec.HasField("decay_mult")})
             self.params_lr.append(spec.lr_mult)
             self.params_weight_decay.append(spec.decay_mult)
             self.param_display_names.append(spec.name or "%s__%d" % (lp.name, k))
+
+    def _merge_shared_mults(self, layer_name, spec, owner):
+        """Caffe's AppendParam for a shared parameter: an lr_mult or decay_mult given
+        here applies to the shared blob when its owner left it unset, and must agree
+        with the owner's when both give one."""
+        index = next(n for n, b in enumerate(self.learnable_params) if b is owner)
+        explicit = self._explicit_mults[index]
+        for field, values in (("lr_mult", self.params_lr),
+                              ("decay_mult", self.params_weight_decay)):
+            if not spec.HasField(field):
+                continue
+            value = getattr(spec, field)
+            if not explicit[field]:
+                explicit[field] = True
+                values[index] = value
+            elif value != values[index]:
+                raise NetError('layer "%s": shared parameter "%s" has mismatched %s '
+                               '(%g here, %g in its owner)'
+                               % (layer_name, spec.name, field, value, values[index]))
 
     def _prune_backward(self, layer_params):
         """Caffe's backward pruning: skip layers that do not contribute to a loss."""

@@ -21,10 +21,10 @@ def new_param_blob(layer, shape, filler_param, what):
 
 
 def wants_param_grad(layer, index):
-    """Caffe's param_propagate_down(index); every parameter by default.
+    """Caffe's param_propagate_down(index); every parameter for a layer used alone.
 
-    The net may set ``layer.param_propagate_down`` (a list of bools) to skip work
-    for frozen parameters (lr_mult 0).
+    A Net sets ``layer.param_propagate_down`` (a list of bools) by Caffe's rule:
+    False for a parameter with lr_mult 0 unless the net has ``force_backward``.
     """
     flags = getattr(layer, "param_propagate_down", None)
     if flags is None or index >= len(flags):

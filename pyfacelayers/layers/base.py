@@ -60,8 +60,6 @@ class Layer:
     max_num_top = None
     # Loss layers get loss_weight 1 on top[0] by default (Caffe's LossLayer).
     is_loss = False
-    # lr_mult of blobs without a param spec (BatchNorm's statistics are never learned).
-    default_lr_mult = 1.0
 
     def __init__(self, param=None, phase=caffe_pb2.TRAIN, dtype=np.float32, rng=None):
         if param is None:
