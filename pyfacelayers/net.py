@@ -18,6 +18,7 @@ from .fileio.atomic import atomic_write
 from .fileio.blobs import blob_chunks, fill_blob, message_chunks
 from .fileio.hdf5_weights import is_hdf5_path, read_hdf5_weights, write_hdf5_weights
 from .layers import create_layer
+from .layers.python_layer import python_layers_allowed
 from .net_graph import filter_net, insert_splits
 from .proto import caffe_pb2
 
@@ -80,13 +81,14 @@ class Net:
     ``seed`` seeds fillers and random layers (default: caffe.set_random_seed's value,
     else fresh entropy, as Caffe's random_seed -1). ``allow_python_layers``: build
     Caffe ``Python`` layers, which import and run the module the prototxt names
-    (refused by default: loading a model file never runs code you did not ask for).
+    (refused by default: loading a model file never runs code you did not ask for;
+    None takes the process-wide setting, see :func:`pyfacelayers.allow_python_layers`).
     Blob sizes are checked against ``pyfacelayers.limits.memory_limit()`` before
     anything is allocated (ResourceLimitError).
     """
 
     def __init__(self, network, *args, weights=None, phase=None, level=0, stages=(),
-                 dtype=np.float32, seed=None, allow_python_layers=False):
+                 dtype=np.float32, seed=None, allow_python_layers=None):
         args = list(args)
         if args and isinstance(args[0], (str, bytes)) or (args and hasattr(args[0], "__fspath__")):
             weights = args.pop(0)
@@ -117,7 +119,11 @@ class Net:
         self._param = insert_splits(filter_net(param, state))
         if seed is None:
             seed = _random["seed"]
-        self.allow_python_layers = bool(allow_python_layers)
+        self.allow_python_layers = python_layers_allowed(allow_python_layers)
+        # pycaffe's per-layer callbacks (before_forward, ...), each called with the layer
+        # index; empty lists cost one truth test per layer.
+        self._hooks = {"before_forward": [], "after_forward": [],
+                       "before_backward": [], "after_backward": []}
         # Every blob of this net counts against one memory budget (pyfacelayers.limits).
         self._ledger = limits.Ledger()
         with limits.tracking(self._ledger):
@@ -336,7 +342,10 @@ class Net:
         """Run layers start..end (inclusive); returns the weighted loss."""
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
+        before, after = self._hooks["before_forward"], self._hooks["after_forward"]
         for i in range(start, end + 1):
+            for hook in before:
+                hook(i)
             layer, bottom, top = self.layers[i], self._bottoms[i], self._tops[i]
             self._ledger.layer = (layer.name, layer.type)  # names it in a size refusal
             layer.reshape(bottom, top)
@@ -344,14 +353,41 @@ class Net:
             for j, weight in self._loss_weights[i]:
                 top[j].diff[...] = weight
                 loss += weight * float(top[j].data.sum())
+            for hook in after:
+                hook(i)
         return loss
 
     def backward_from_to(self, start=None, end=0):
         start = len(self.layers) - 1 if start is None else start
+        before, after = self._hooks["before_backward"], self._hooks["after_backward"]
         for i in range(start, end - 1, -1):
+            for hook in before:  # Caffe calls the hooks for every layer, run or skipped
+                hook(i)
             if self._layer_need_backward[i]:
                 self.layers[i].backward(self._tops[i], self._bottom_need_backward[i],
                                         self._bottoms[i])
+            for hook in after:
+                hook(i)
+
+    # pycaffe's Net callbacks: ``net.after_backward(fn)`` makes every later backward
+    # call ``fn(i)`` after layer i (whether or not the layer needed backward).
+    def before_forward(self, hook):
+        self._add_hook("before_forward", hook)
+
+    def after_forward(self, hook):
+        self._add_hook("after_forward", hook)
+
+    def before_backward(self, hook):
+        self._add_hook("before_backward", hook)
+
+    def after_backward(self, hook):
+        self._add_hook("after_backward", hook)
+
+    def _add_hook(self, when, hook):
+        if not callable(hook):
+            raise TypeError("Net.%s takes a callable (called with the layer index), got %s"
+                            % (when, type(hook).__name__))
+        self._hooks[when].append(hook)
 
     # pycaffe's private bindings (Net::ForwardFromTo / BackwardFromTo by layer index),
     # which scripts use to run one layer at a time.
@@ -438,14 +474,16 @@ class Net:
                 grads[name].append(backend.to_numpy(grad[name]).copy())
         return _joined(outs, count), _joined(grads, count)
 
-    def _batches(self, arrays, allowed, what):
-        """(item count, chunks): ``arrays`` cut along axis 0 into the net's batch size,
-        the last chunk padded with zeros (pycaffe's _batch). No arrays: one chunk."""
+    def _batches(self, arrays, allowed, what, batch=None):
+        """(item count, chunks): ``arrays`` cut along axis 0 into ``batch`` (default:
+        the net's batch size), the last chunk padded with zeros (pycaffe's _batch). No
+        arrays: one chunk."""
         for name in arrays:
             if name not in allowed:
                 raise NetError('"%s" is not an %s blob of this net (%s)'
                                % (name, what, ", ".join(allowed)))
-        batch = self.blobs[self.inputs[0]].shape[0] if self.inputs else 1
+        if batch is None:
+            batch = self.blobs[self.inputs[0]].shape[0] if self.inputs else 1
         lengths = {name: len(value) for name, value in arrays.items()}
         if len(set(lengths.values())) > 1:
             raise NetError("the arrays have different lengths: %s" % lengths)
@@ -468,6 +506,9 @@ class Net:
         if not self.layers or self.layers[0].type != "MemoryData":
             raise NetError("set_input_arrays needs a MemoryData layer as the first layer")
         self.layers[0].set_input_arrays(data, labels)
+
+    # pycaffe's binding under set_input_arrays (labels (N, 1, 1, 1) there; both here).
+    _set_input_arrays = set_input_arrays
 
     def reshape(self):
         for layer, bottom, top in zip(self.layers, self._bottoms, self._tops):
@@ -655,6 +696,43 @@ class Net:
     @property
     def _blob_names(self):
         return list(self.blobs)
+
+    # pycaffe's index-based bindings: blobs by id (the order of net.blobs), and per
+    # layer the ids of its bottoms and tops.
+    @property
+    def _blobs(self):
+        return list(self.blobs.values())
+
+    @property
+    def _blob_loss_weights(self):
+        return [self.blob_loss_weights.get(name, 0.0) for name in self.blobs]
+
+    @property
+    def _inputs(self):
+        return [self._blob_id(name) for name in self.inputs]
+
+    @property
+    def _outputs(self):
+        return [self._blob_id(name) for name in self.outputs]
+
+    def _bottom_ids(self, i):
+        return self._blob_ids(self._bottoms[i])
+
+    def _top_ids(self, i):
+        return self._blob_ids(self._tops[i])
+
+    def _blob_id(self, name):
+        return list(self.blobs).index(name)
+
+    def _blob_ids(self, blobs):
+        ids = {id(blob): k for k, blob in enumerate(self.blobs.values())}
+        return [ids[id(blob)] for blob in blobs]
+
+    def _batch(self, blobs):
+        """pycaffe's Net._batch: {name: array} in batches of the first blob's first
+        dimension, the last one padded with zeros."""
+        _, chunks = self._batches(blobs, list(blobs), "", self._blobs[0].shape[0])
+        return chunks
 
     def __repr__(self):
         return '<Net "%s": %d layers, %d blobs>' % (self.name, len(self.layers), len(self.blobs))

@@ -549,3 +549,16 @@ def test_solver_iterations_gpu_match_cpu(solver_type, engine, monkeypatch):
     np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-9)
     for i, (c, g) in enumerate(zip(cpu_params, gpu_params)):
         assert_close(g, c, 1e-9, "param %d after 4 iterations" % i)
+
+
+def test_blob_device_pointers_in_gpu_mode():
+    """pycaffe's Blob._gpu_data_ptr / _gpu_diff_ptr: the device addresses of the arrays
+    (a copy through them lands in the blob)."""
+    backend.set_mode_gpu()
+    blob = Blob((2, 3), dtype=np.float32)
+    assert blob._gpu_data_ptr == blob.data.data.ptr != 0
+    assert blob._gpu_diff_ptr == blob.diff.data.ptr != blob._gpu_data_ptr
+    values = cupy.arange(6, dtype=cupy.float32)
+    cupy.cuda.runtime.memcpy(blob._gpu_diff_ptr, values.data.ptr, values.nbytes,
+                             cupy.cuda.runtime.memcpyDeviceToDevice)
+    assert cupy.asnumpy(blob.diff).ravel().tolist() == list(range(6))

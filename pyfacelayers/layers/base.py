@@ -30,9 +30,10 @@ def layer_class(type_name, layer_name="?"):
 
 
 def create_layer(param, phase=caffe_pb2.TRAIN, dtype=np.float32, rng=None,
-                 allow_python=False):
+                 allow_python=None):
     """Build the layer described by a LayerParameter. ``allow_python``: the caller
-    opted in to Caffe ``Python`` layers (which import and run user code)."""
+    opted in to (True) or out of (False) Caffe ``Python`` layers, which import and run
+    user code; None: the process-wide setting (layers/python_layer.py)."""
     cls = layer_class(param.type, param.name)
     if getattr(cls, "runs_user_code", False):
         return cls(param, phase=phase, dtype=dtype, rng=rng, allow=allow_python)
