@@ -22,6 +22,7 @@ class FormatError(PyFaceLayersError, ValueError):
             where += ": "
         super().__init__(where + message)
         self.path, self.line, self.column = path, line, column
+        self.reason = message  # the message without the location
 
 
 class LayerError(PyFaceLayersError, ValueError):

@@ -224,6 +224,7 @@ class _Params:
 
 layers = _Layers()
 params = _Params()
+Layers, Parameters = _Layers, _Params  # pycaffe's class names of the two
 
 
 class NetSpec:
