@@ -225,8 +225,9 @@ def _named(error, path, expected):
         found = identify_binary(read_bytes(path, expected))
     except (FormatError, OSError, ResourceLimitError):
         return error
-    if found.kind == "other" and found.description.startswith("a binary file"):
-        return error
+    if found.kind == expected or (found.kind == "other"
+                                  and found.description.startswith("a binary file")):
+        return error  # the file is what was expected (a damaged one), or unrecognised
     return FormatError("this is %s, expected a %s" % (found.description, expected), path)
 
 
