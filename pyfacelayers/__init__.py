@@ -5,8 +5,9 @@
 ``caffe.set_random_seed``, ``caffe.SGDSolver`` and the other solvers,
 ``caffe.get_solver``, ``caffe.io``, ``caffe.proto.caffe_pb2`` and net_spec's
 ``caffe.NetSpec`` / ``caffe.layers`` / ``caffe.params`` / ``caffe.to_proto``,
-``caffe.Classifier``, ``caffe.draw``, ``caffe.coord_map``, and the process-level
-``init_log``, ``log``, ``Timer``, ``has_nccl`` and solver count/rank functions.
+``caffe.Classifier``, ``caffe.Detector``, ``caffe.draw``, ``caffe.coord_map``, and the
+process-level ``init_log``, ``log``, ``Timer``, ``has_nccl`` and solver count/rank
+functions.
 ``pyfacelayers.allow_python_layers(True)`` (or PYFACELAYERS_ALLOW_PYTHON_LAYERS=1) lets
 unchanged pycaffe scripts build Caffe ``Python`` layers; they are refused by default. The SphereFace
 ``MarginInnerProduct`` layer runs in C++ (and CUDA when built with nvcc).
@@ -35,8 +36,8 @@ def __getattr__(name):
     import importlib
     if name == "io":
         return importlib.import_module(".io", __name__)
-    if name == "Classifier":
-        return importlib.import_module(".classifier", __name__).Classifier
+    if name in ("Classifier", "Detector"):
+        return getattr(importlib.import_module("." + name.lower(), __name__), name)
     if name in ("draw", "coord_map"):
         return importlib.import_module("." + name, __name__)
     if name in ("NetSpec", "params", "to_proto", "net_spec"):

@@ -280,3 +280,24 @@ def test_environment_opt_in_reaches_the_command_line(py_net, tmp_path, monkeypat
     path.write_text(text_format.MessageToString(py_net))
     monkeypatch.setenv("PYFACELAYERS_ALLOW_PYTHON_LAYERS", "1")
     assert main(["time", "--model", str(path), "--iterations", "1"]) == 0
+
+
+def test_draw_label_helpers_as_pycaffe():
+    layer = text_format.Parse('name: "c" type: "Convolution" convolution_param { '
+                              'num_output: 3 kernel_size: 5 stride: 2 }',
+                              caffe_pb2.LayerParameter())
+    assert caffe.draw.get_layer_label(layer, "LR") == \
+        '"c\\n(Convolution)\\nkernel size: 5\\nstride: 2\\npad: 0"'
+    assert caffe.draw.get_layer_label(layer, "TB") == \
+        '"c (Convolution) kernel size: 5 stride: 2 pad: 0"'
+    assert caffe.draw.get_edge_label(layer) == "3"
+    pool = text_format.Parse('name: "p" type: "Pooling" pooling_param { pool: AVE '
+                             'kernel_size: 2 stride: 2 }', caffe_pb2.LayerParameter())
+    assert caffe.draw.get_layer_label(pool, "BT") == \
+        '"p (AVE Pooling) kernel size: 2 stride: 2 pad: 0"'
+    assert caffe.draw.get_edge_label(pool) == '""'
+    assert caffe.draw.get_pooling_types_dict() == {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}
+    assert caffe.draw.choose_color_by_layertype("Pooling") == "#FF9900"
+    assert caffe.draw.choose_color_by_layertype("ReLU") == "#6495ED"
+    assert isinstance(caffe.net_spec.layers, caffe.net_spec.Layers)
+    assert isinstance(caffe.net_spec.params, caffe.net_spec.Parameters)
