@@ -2,7 +2,6 @@
 scripts catch, Net's index-based bindings and per-layer hooks, Solver.share_weights,
 Blob device pointers, and the process-wide opt-in for Python layers."""
 
-import os
 import sys
 from collections import OrderedDict
 
