@@ -144,3 +144,14 @@ def test_readers_say_what_a_misplaced_file_is(tmp_path):
     gz.write_bytes(gzip.compress(NET.encode()))
     with pytest.raises(FormatError, match="gzip-compressed file .* expected a text .prototxt"):
         read_net(str(gz))
+
+
+def test_info_names_a_solverstate(tmp_path, capsys):
+    from pyfacelayers.fileio import write_solverstate
+    state = caffe_pb2.SolverState(iter=1200, learned_net="snap_iter_1200.caffemodel")
+    state.history.add().data.extend([0.5, 0.25])
+    path = tmp_path / "snap_iter_1200.solverstate"
+    write_solverstate(str(path), state)
+    code, _, err = run_info(path, capsys)
+    assert code == 1
+    assert "this is a solverstate (SolverState at iteration 1200), not a caffemodel" in err
