@@ -612,3 +612,44 @@ def test_data_layer_batches_reach_the_gpu_through_pinned_memory(tmp_path):
     assert len(outputs["cupy"]) == 5
     for a, b in zip(outputs["numpy"], outputs["cupy"]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_blob_device_pointers_in_gpu_mode():
+    """pycaffe's Blob._gpu_data_ptr / _gpu_diff_ptr: the device addresses of the arrays
+    (a copy through them lands in the blob)."""
+    backend.set_mode_gpu()
+    blob = Blob((2, 3), dtype=np.float32)
+    assert blob._gpu_data_ptr == blob.data.data.ptr != 0
+    assert blob._gpu_diff_ptr == blob.diff.data.ptr != blob._gpu_data_ptr
+    values = cupy.arange(6, dtype=cupy.float32)
+    cupy.cuda.runtime.memcpy(blob._gpu_diff_ptr, values.data.ptr, values.nbytes,
+                             cupy.cuda.runtime.memcpyDeviceToDevice)
+    assert cupy.asnumpy(blob.diff).ravel().tolist() == list(range(6))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_frozen_parameters_get_no_diff_on_gpu(engine, monkeypatch):
+    """Caffe's param_propagate_down on the GPU paths (im2col, cuDNN, PReLU, inner
+    product): lr_mult-0 parameters keep a zero diff, the others match the CPU."""
+    monkeypatch.setenv("PYFACELAYERS_CONV_ENGINE", engine)
+    frozen = 'param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 0 decay_mult: 0 }'
+    text = (SOLVER % "SGD").split("net_param {", 1)[1].rsplit("}", 1)[0]
+    text = text.replace('top: "conv1"\n          convolution_param',
+                        'top: "conv1" %s\n          convolution_param' % frozen)
+    text = text.replace('top: "conv1" }', 'top: "conv1" param { lr_mult: 0 } }')
+    text = text.replace('top: "fc5"\n', 'top: "fc5" %s\n' % frozen)
+    param = text_format.Parse(text, caffe_pb2.NetParameter())
+    diffs = {}
+    for xp in (np, cupy):
+        _mode(xp)
+        net = caffe.Net(param, caffe.TRAIN, seed=2, dtype=np.float64)
+        rng = np.random.default_rng(0)
+        net.blobs["data"].data = rng.standard_normal(net.blobs["data"].shape)
+        net.blobs["label"].data = rng.integers(0, 5, 8).astype(float)
+        net.forward_backward()
+        diffs[xp] = {(name, k): _host(blob.diff) for name, blobs in net.params.items()
+                     for k, blob in enumerate(blobs)}
+    for key, cpu in diffs[np].items():
+        frozen_blob = key in (("conv1", 1), ("relu1", 0), ("fc5", 1))
+        assert not cpu.any() if frozen_blob else cpu.any(), key
+        assert_close(diffs[cupy][key], cpu, TOL[np.float64], "%s param %d" % key)

@@ -164,7 +164,7 @@ def run(args, stream=None):
         device = _common.select_device(args.gpu, param)
         log.info("Using %s", device)
         solver = get_solver(param, source=args.solver, dtype=np.dtype(args.dtype),
-                            allow_python_layers=getattr(args, "allow_python_layers", False))
+                            allow_python_layers=getattr(args, "allow_python_layers", False) or None)
         if args.weights:
             for path in [w for w in args.weights.split(",") if w]:
                 log.info("Finetuning from %s", path)

@@ -30,9 +30,10 @@ def layer_class(type_name, layer_name="?"):
 
 
 def create_layer(param, phase=caffe_pb2.TRAIN, dtype=np.float32, rng=None,
-                 allow_python=False):
+                 allow_python=None):
     """Build the layer described by a LayerParameter. ``allow_python``: the caller
-    opted in to Caffe ``Python`` layers (which import and run user code)."""
+    opted in to (True) or out of (False) Caffe ``Python`` layers, which import and run
+    user code; None: the process-wide setting (layers/python_layer.py)."""
     cls = layer_class(param.type, param.name)
     if getattr(cls, "runs_user_code", False):
         return cls(param, phase=phase, dtype=dtype, rng=rng, allow=allow_python)
@@ -60,8 +61,6 @@ class Layer:
     max_num_top = None
     # Loss layers get loss_weight 1 on top[0] by default (Caffe's LossLayer).
     is_loss = False
-    # lr_mult of blobs without a param spec (BatchNorm's statistics are never learned).
-    default_lr_mult = 1.0
 
     def __init__(self, param=None, phase=caffe_pb2.TRAIN, dtype=np.float32, rng=None):
         if param is None:

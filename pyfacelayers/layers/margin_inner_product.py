@@ -105,8 +105,11 @@ class MarginInnerProduct(Layer):
         self.lambda_ = None
         self.triplet_seed = None if seed is None else int(seed) % (1 << 64)
         self.triplet_draws = 0
-        # Whether the weight is learned (the net may turn it off, e.g. lr_mult 0).
+        # Whether the weight gets a diff (Caffe's param_propagate_down: the net sets it
+        # from lr_mult and force_backward).
         self.param_propagate_down = [True]
+        # A triplet layer whose weight has lr_mult 0 never replaces weight rows.
+        self.weight_frozen = False
         self._saved = None  # per-row values of the last forward, for the backward
 
     @classmethod
@@ -177,7 +180,9 @@ class MarginInnerProduct(Layer):
             self.triplet_seed = int(self.rng.integers(0, 1 << 63))
         if p.triplet and len(self.param.param) and self.param.param[0].lr_mult == 0:
             # A frozen weight stays frozen: no triplet replacement (the fork would
-            # overwrite it regardless of lr_mult), and its diff stays untouched.
+            # overwrite it regardless of lr_mult), and its diff stays untouched, even
+            # under force_backward.
+            self.weight_frozen = True
             self.param_propagate_down = [False]
 
     def reshape(self, bottom, top):
@@ -347,7 +352,7 @@ class MarginInnerProduct(Layer):
                 self._kernel(kernels.margin_semihard_mask, bottom_diff, out,
                              saved["logit_y"], labels, self.margin_type)
 
-        if self.param_propagate_down[0]:
+        if self.param_propagate_down[0] and not self.weight_frozen:
             weight_diff = self._matrix(self.blobs[0].diff, n, k, "weight diff")
             if p.triplet:
                 self._kernel(kernels.margin_triplet_replace, weight, x, labels,

@@ -19,6 +19,7 @@ from .. import backend, limits
 from ..proto import caffe_pb2
 from . import snapshot as snap
 from ..fileio import read_net, read_solver
+from ..layers.python_layer import python_layers_allowed
 from .lr_policy import SolverError, check_lr_policy, learning_rate
 
 log = logging.getLogger("pyfacelayers")
@@ -27,7 +28,7 @@ TRAIN_NET_FIELDS = ("net", "net_param", "train_net", "train_net_param")
 
 
 def make_net(net_param, phase, level=0, stages=(), dtype=np.float32, seed=None,
-             allow_python_layers=False):
+             allow_python_layers=None):
     """Build a Net (pyfacelayers.net.Net); tests replace this with a fake net."""
     from ..net import Net
     return Net(net_param, phase, level=level, stages=tuple(stages), dtype=dtype, seed=seed,
@@ -52,7 +53,7 @@ class Solver:
     rule_class = None
 
     def __init__(self, solver, dtype=np.float32, net_factory=None, source=None,
-                 allow_python_layers=False):
+                 allow_python_layers=None):
         if isinstance(solver, caffe_pb2.SolverParameter):
             self.param = caffe_pb2.SolverParameter()
             self.param.CopyFrom(solver)
@@ -62,7 +63,7 @@ class Solver:
             self.param = read_solver(solver)
         self._where = "solver %s" % (self._source or "(SolverParameter)")
         self.dtype = np.dtype(dtype)
-        self.allow_python_layers = bool(allow_python_layers)
+        self.allow_python_layers = python_layers_allowed(allow_python_layers)
         self._net_factory = net_factory or (lambda *a, **k: make_net(*a, **k))
         self.rule = self.rule_class(self.param)
         self._check_param()
@@ -255,6 +256,11 @@ class Solver:
     def base_lr(self, value):
         # Stored as Caffe stores it (a float32 field); used from the next update on.
         self.param.base_lr = float(value)
+
+    def share_weights(self, net):
+        """pycaffe's Solver.share_weights: ``net`` uses this solver's training-net
+        parameters for layers of the same name (Net::ShareTrainedLayersWith)."""
+        net.share_with(self.net)
 
     def add_callback(self, on_start, on_gradients):
         """pycaffe's add_callback: ``on_start()`` before each iteration's
