@@ -1,7 +1,7 @@
 """Target: the layers built on the kernels, inside a one-layer net fed from Input
 blobs: MarginInnerProduct (SINGLE..QUADRUPLE, triplet, semihard), Convolution,
 Deconvolution, Pooling, PReLU, InnerProduct, Softmax/SoftmaxWithLoss, Eltwise, LRN,
-BatchNorm, Scale, Accuracy; random parameters, shapes (0-size, 1, mismatched), float32
+BatchNorm, Scale, Accuracy, Crop; random parameters, shapes (0-size, 1, mismatched), float32
 or float64, values with NaN/inf, labels valid or not; then Forward, Backward, a
 reshape of an input and Forward again."""
 
@@ -50,7 +50,7 @@ def _conv(d, kind):
     p = ('%s { num_output: %d kernel_size: %d pad: %d stride: %d dilation: %d group: %d '
          'bias_term: %s weight_filler { type: "gaussian" std: 0.1 } }'
          % ("convolution_param", _count(d), d.choice([1, 1, 2, 3, 0, 5]), d.small_int() % 3,
-            d.choice([1, 1, 2, 3, 0, 2 ** 31 - 1]), d.choice([1, 1, 1, 2, 0]),
+            d.choice([1, 1, 2, 3, 0, 2 ** 31 - 1, 2 ** 31]), d.choice([1, 1, 1, 2, 0]),
             d.choice([1, 1, 1, 2, 0, 3]), d.choice(["true", "false"])))
     return kind, p, [("x", _dims(d, nd))], ["out"], 0
 
@@ -58,7 +58,7 @@ def _conv(d, kind):
 def _pool(d):
     pool = d.choice(["MAX", "AVE", "MAX", "AVE", "STOCHASTIC"])
     p = ('pooling_param { pool: %s kernel_size: %d stride: %d pad: %d global_pooling: %s }'
-         % (pool, d.choice([1, 2, 2, 3, 0, 9]), d.choice([1, 1, 2, 3, 0, 2 ** 31 - 1]),
+         % (pool, d.choice([1, 2, 2, 3, 0, 9]), d.choice([1, 1, 2, 3, 0, 2 ** 31 - 1, 2 ** 31]),
             d.choice([0, 0, 1, 2]), d.choice(["false", "false", "true"])))
     tops = ["out", "mask"] if pool == "MAX" and d.bool() else ["out"]
     return "Pooling", p, [("x", _dims(d, d.choice([4, 4, 4, 3, 5])))], tops, 0
@@ -104,8 +104,17 @@ def _eltwise(d):
     return "Eltwise", p, [("x", shape), ("y", other)], ["out"], 0
 
 
+def _crop(d):
+    shape = _dims(d, d.int(1, 5))
+    reference = shape if d.byte() < 60 else _dims(d, d.choice([len(shape)] * 4 + [1, 5]))
+    offsets = " ".join("offset: %d" % d.choice([0, 0, 1, 2, 2 ** 32 - 1])
+                       for _ in range(d.choice([0, 1, 1, 2, 3])))
+    p = "crop_param { axis: %d %s }" % (d.choice([2, 2, 1, 0, -1, 4]), offsets)
+    return "Crop", p, [("x", shape), ("y", reference)], ["out"], 0
+
+
 FAMILIES = [_margin, _margin, lambda d: _conv(d, "Convolution"),
-            lambda d: _conv(d, "Deconvolution"), _pool, _simple, _loss, _eltwise]
+            lambda d: _conv(d, "Deconvolution"), _pool, _simple, _loss, _eltwise, _crop]
 
 
 def _text(kind, param, bottoms, tops, classes=0):

@@ -191,6 +191,8 @@ LAYER_CASES = {
     "slice": ('type: "Slice" slice_param { axis: 1 slice_point: 1 }', [IMG],
               {"top_count": 2}),
     "split": ('type: "Split"', [IMG], {"top_count": 2}),
+    "crop": ('type: "Crop" crop_param { axis: 2 offset: 1 offset: 2 }', [IMG, (2, 3, 6, 5)],
+             {"check_bottom": [1, 0], "propagate": [True, False]}),
     "flatten": ('type: "Flatten"', [IMG], {}),
     "reshape": ('type: "Reshape" reshape_param { shape { dim: 0 dim: -1 } }', [IMG], {}),
     "softmax": ('type: "Softmax"', [(4, 7)], {}),

@@ -81,6 +81,39 @@ def test_crop_gives_the_published_fcn_offsets():
                                            "score_pool3c": (2, [9]), "score": (2, [31])}
 
 
+def test_crop_layer_runs_what_coord_map_builds():
+    n = caffe.NetSpec()
+    n.data = L.Input(input_param=dict(shape=dict(dim=[2, 3, 12, 11])))
+    n.conv = L.Convolution(n.data, kernel_size=5, num_output=2, pad=1)  # 10 x 9
+    n.cropped = crop(n.data, n.conv)  # the input pixels under each output's centre
+    proto = n.to_proto()
+    proto.force_backward = True
+    assert _crop_offsets(proto) == {"cropped": (2, [1])}
+    net = caffe.Net(proto, caffe.TEST)
+    x = np.random.default_rng(0).standard_normal((2, 3, 12, 11))
+    out = net.forward(data=x)["cropped"]
+    np.testing.assert_array_equal(out, x[:, :, 1:11, 1:10].astype(np.float32))
+    net.blobs["cropped"].diff[...] = 1.0
+    net.backward()
+    want = np.zeros(x.shape, np.float32)
+    want[:, :, 1:11, 1:10] = 1.0
+    np.testing.assert_array_equal(net.blobs["data"].diff, want)
+    # Per-axis offsets, and a crop that runs past the data.
+    layer = proto.layer[-1]
+    layer.crop_param.axis = 1
+    layer.crop_param.ClearField("offset")
+    layer.crop_param.offset.extend([0, 2, 1])
+    net = caffe.Net(proto, caffe.TEST)
+    np.testing.assert_array_equal(net.forward(data=x)["cropped"],
+                                  x[:, 0:2, 2:12, 1:10].astype(np.float32))
+    layer.crop_param.offset[1] = 3
+    with pytest.raises(LayerError, match="runs past bottom\\[0\\]'s size 12"):
+        caffe.Net(proto, caffe.TEST)
+    layer.crop_param.offset.pop()
+    with pytest.raises(LayerError, match="2 offsets for the 3 axes"):
+        caffe.Net(proto, caffe.TEST)
+
+
 def test_coord_map_algebra_and_errors():
     data = L.Input(input_param=dict(shape=dict(dim=[1, 1, 20, 20])))
     conv = L.Convolution(data, kernel_size=5, num_output=1)

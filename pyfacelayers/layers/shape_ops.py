@@ -1,5 +1,5 @@
-"""Layers that move data without arithmetic: Concat, Slice, Split, Flatten, Reshape,
-Silence."""
+"""Layers that move data without arithmetic: Concat, Slice, Crop, Split, Flatten,
+Reshape, Silence."""
 
 from ..backend import array_module
 from .base import Layer, register
@@ -99,6 +99,54 @@ class SliceLayer(Layer):
         if propagate_down[0]:
             for t, part in zip(top, self._parts(bottom[0].diff)):
                 part[...] = t.diff
+
+
+@register
+class CropLayer(Layer):
+    """Caffe's Crop: bottom[0] cut to bottom[1]'s size on every axis from ``axis`` on
+    (default 2, the spatial axes of N, C, H, W), starting at ``offset`` (one value for
+    all those axes, or one per axis; default 0). FCN's nets align their score maps with
+    it (``caffe.coord_map.crop`` computes the offsets)."""
+
+    type = "Crop"
+    exact_num_bottom = 2
+    exact_num_top = 1
+
+    def reshape(self, bottom, top):
+        _no_in_place(self, bottom, top)
+        p = self.param.crop_param
+        data, reference = bottom[0].shape, bottom[1].shape
+        start = canonical_axis(self, bottom[0], p.axis)
+        cropped = len(data) - start
+        offsets = list(p.offset)
+        if len(offsets) > 1 and len(offsets) != cropped:
+            raise self.error("crop_param has %d offsets for the %d axes from axis %d of "
+                             "bottom %s: give one, or one per axis"
+                             % (len(offsets), cropped, start, data))
+        if len(reference) < len(data):
+            raise self.error("bottom[1] of shape %s has fewer axes than bottom[0] %s"
+                             % (reference, data))
+        shape, self.window = list(data), []
+        for i in range(start, len(data)):
+            offset = offsets[0] if len(offsets) == 1 else (offsets[i - start] if offsets
+                                                          else 0)
+            size = reference[i]
+            if offset + size > data[i]:
+                raise self.error("the crop of axis %d (size %d at offset %d) runs past "
+                                 "bottom[0]'s size %d" % (i, size, offset, data[i]))
+            shape[i] = size
+            self.window.append(slice(offset, offset + size))
+        self.index = (slice(None),) * start + tuple(self.window)
+        top[0].reshape(shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data[self.index]
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:  # bottom[1] only gives the size: it gets no gradient
+            diff = bottom[0].diff
+            diff[...] = 0
+            diff[self.index] = top[0].diff
 
 
 @register
