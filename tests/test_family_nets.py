@@ -4,8 +4,6 @@ run; the four small training nets of ../shared/fixtures/family-ref/nets reproduc
 forks' forward, backward and 6 SGD iterations; the real NormFace caffemodel's TEST
 forward matches. Nets whose layer types are not registered yet skip, naming them."""
 
-import contextlib
-import io
 import json
 import os
 
