@@ -19,6 +19,7 @@ if _DEVICES == 0:
 
 from conftest import assert_close  # noqa: E402
 from family_ref import TOL, Case, case_names, check_case, replay  # noqa: E402
+from test_family_nets import NET_KEYS, check_net_fixture_forward_backward  # noqa: E402
 
 CASES = case_names()
 # Caffe's RNG drew these values: only their row norms are portable.
@@ -45,3 +46,9 @@ def test_gpu_default_semantics_match_the_cpu_backend(case, dtype):
         assert np.array_equal(finite, np.isfinite(on_gpu[key])), key
         assert_close(np.where(finite, on_gpu[key], 0), np.where(finite, expected, 0),
                      TOL[dtype], key)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+@pytest.mark.parametrize("key", NET_KEYS)
+def test_gpu_net_fixture_forward_backward(key, dtype):
+    check_net_fixture_forward_backward(key, dtype, xp=cupy)
