@@ -6,8 +6,9 @@ import os
 import numpy as np
 
 from ..errors import FormatError
-from ..fileio import blob_shape, parse_text, read_caffemodel, read_net, read_solver
+from ..fileio import blob_shape, parse_text, read_net, read_solver
 from ..fileio.binary import read_bytes
+from ..fileio.weights import read_weights
 from ..fileio.hdf5_weights import is_hdf5_path, read_hdf5_weights
 from ..fileio.identify import MAGIC, identify_binary, identify_text
 from ..fileio.text import read_text_file
@@ -87,7 +88,7 @@ def _phase(name, default):
 
 
 def show_caffemodel(path):
-    net = read_caffemodel(path)
+    net = read_weights(path)  # name, type and blobs: reads every fork's numbering
     print('caffemodel %s: net "%s", %d layers' % (path, net.name, len(net.layer)))
     total = 0
     for layer in net.layer:
