@@ -78,7 +78,17 @@ def _parse_layer(kept, message, what, path, label):
 
 def read_weights(path):
     """The NetParameter of a caffemodel holding, per layer, only name, type, bottom,
-    top and blobs (V1 ``layers`` upgraded). Any fork's caffemodel reads the same."""
+    top and blobs (V1 ``layers`` upgraded). Any fork's caffemodel reads the same.
+    A file that is recognisably something else (a mean file, a gzip file...) is named
+    in the error."""
+    try:
+        return _read_weights(path)
+    except FormatError as exc:
+        from .binary import _named  # only on this error path
+        raise _named(exc, path, "caffemodel") from None
+
+
+def _read_weights(path):
     what = "caffemodel"
     mapped = _open_checked(path, what)
     path = os.fspath(path)
