@@ -18,6 +18,7 @@ from google.protobuf import text_format
 from conftest import SHARED, assert_close, shared_path
 
 import pyfacelayers as caffe
+from pyfacelayers.backend import to_numpy
 from pyfacelayers.blob import Blob
 from pyfacelayers.errors import LayerError
 from pyfacelayers.layers import create_layer
@@ -55,12 +56,12 @@ def run_fixture_net(z, meta, dtype):
     net = caffe.Net(param, phase, dtype=dtype)
     for step in range(meta["steps"]):
         for name in meta["inputs"]:
-            net.blobs[name].data[...] = z["step%d_in__%s" % (step, name)]
+            net.blobs[name].data = z["step%d_in__%s" % (step, name)]  # host or device
         net.forward()
         for key in z.files:
             prefix = "step%d_topdiff__" % step
             if key.startswith(prefix):
-                net.blobs[key[len(prefix):]].diff[...] = z[key]
+                net.blobs[key[len(prefix):]].diff = z[key]
         for name, value in meta.get("poison_bottom_diff_before_backward", {}).items():
             net.blobs[name].diff[...] = value
         if meta.get("backward", True) and meta["layer_type"] != "Accuracy":
@@ -73,7 +74,7 @@ def _label_blobs(meta):
 
 
 def _same(actual, expected, tol, what):
-    actual = np.asarray(actual, dtype=np.float64)
+    actual = to_numpy(actual).astype(np.float64)
     expected = np.asarray(expected, dtype=np.float64).reshape(actual.shape)
     bad_a, bad_e = ~np.isfinite(actual), ~np.isfinite(expected)
     assert np.array_equal(bad_a, bad_e), "%s: NaN/inf positions differ" % what
@@ -89,6 +90,11 @@ def cpu_semantics(monkeypatch):
 @pytest.mark.parametrize("dt", ["float32", "float64"])
 @pytest.mark.parametrize("case", CASES)
 def test_fixture_cpu_semantics(case, dt, cpu_semantics):
+    check_fixture(case, dt)
+
+
+def check_fixture(case, dt):
+    """Every top, bottom diff and param of a fixture case, each step (current mode)."""
     z, meta = load_case(case, dt)
     tol = TOL[dt]
     labels = _label_blobs(meta)
@@ -116,7 +122,7 @@ def test_fixture_cpu_semantics(case, dt, cpu_semantics):
 # -- direct layer runs ------------------------------------------------------------------
 
 def make_layer(text, bottoms, dtype=np.float64, phase=caffe.TRAIN, semantics=None,
-               tops=None, in_place=False, xp=np):
+               tops=None, in_place=False, xp=None):
     """A layer built from prototxt text, set up on blobs holding ``bottoms``."""
     param = caffe_pb2.LayerParameter()
     text_format.Merge(text, param)
@@ -126,7 +132,7 @@ def make_layer(text, bottoms, dtype=np.float64, phase=caffe.TRAIN, semantics=Non
     bottom = []
     for a in bottoms:
         b = Blob(np.shape(a), dtype=dtype, xp=xp)
-        b.data[...] = xp.asarray(np.asarray(a, dtype=dtype))
+        b.data = np.asarray(a, dtype=dtype)
         bottom.append(b)
     n_top = tops if tops is not None else max(1, len(param.top))
     top = [bottom[0] if (in_place and j == 0) else Blob((), dtype=dtype, xp=xp)
@@ -135,17 +141,16 @@ def make_layer(text, bottoms, dtype=np.float64, phase=caffe.TRAIN, semantics=Non
     return layer, bottom, top
 
 
-def run(layer, bottom, top, dy=None, xp=np):
+def run(layer, bottom, top, dy=None):
     """Forward, then (with ``dy``) backward; returns (top 0, bottom 0 diff) as numpy."""
     layer.reshape(bottom, top)
     layer.forward(bottom, top)
-    y = np.array(top[0].data.get() if xp is not np else top[0].data)
+    y = to_numpy(top[0].data).copy()
     if dy is None:
         return y, None
-    top[0].diff[...] = xp.asarray(np.asarray(dy, dtype=top[0].dtype))
+    top[0].diff = np.asarray(dy, dtype=top[0].dtype)
     layer.backward(top, [True] + [False] * (len(bottom) - 1), bottom)
-    dx = bottom[0].diff
-    return y, np.array(dx.get() if xp is not np else dx)
+    return y, to_numpy(bottom[0].diff).copy()
 
 
 def cosines(rows, cols, seed, low=-0.95, high=0.95):
