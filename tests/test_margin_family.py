@@ -564,3 +564,28 @@ def test_semantics_switch(monkeypatch):
     monkeypatch.setenv("PYFACELAYERS_FORK_SEMANTICS", "tpu")
     with pytest.raises(ValueError, match="PYFACELAYERS_FORK_SEMANTICS"):
         fork_semantics()
+
+
+# the documentation's commands -----------------------------------------------------------
+
+def test_doc_example_runs(capsys):
+    import re
+    from conftest import ROOT
+    with open(os.path.join(ROOT, "docs", "family-margins.md")) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/family-margins.md", "exec"), {})
+    assert "[-0.00010002] {'iteration': 3}" in capsys.readouterr().out
+
+
+def test_bench_runs_at_a_tiny_size():
+    import subprocess
+    import sys
+    from conftest import ROOT, child_env
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "margin_family.py"),
+                          "--m", "4", "--k", "8", "--n", "10", "--repeat", "1"],
+                         capture_output=True, text=True, env=child_env(), timeout=120)
+    assert out.returncode == 0, out.stderr
+    for name in ("LabelSpecificAdd", "CosinAddm", "CombinedMargin"):
+        assert "| %s |" % name in out.stdout
