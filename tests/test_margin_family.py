@@ -589,3 +589,33 @@ def test_bench_runs_at_a_tiny_size():
     assert out.returncode == 0, out.stderr
     for name in ("LabelSpecificAdd", "CosinAddm", "CombinedMargin"):
         assert "| %s |" % name in out.stdout
+
+
+def test_global_lse_margin_per_row_scales():
+    """3 bottoms: row i uses bottom[2][i] as its scale, which gets the gradient."""
+    x = cosines(6, 5, 70, -0.02, 0.02)
+    labels = np.arange(6) % 5
+    x[np.arange(6), labels] += 0.6
+    scales = np.linspace(10, 20, 6)
+    dy = cosines(6, 5, 71)
+    layer, bottom, top = make_layer(
+        'name: "glse" type: "GlobalLSEMargin" bottom: "x" bottom: "l" bottom: "s" top: "y" '
+        'top: "stats"', [x, labels, scales])
+    assert [p.lr_mult for p in layer.param.param] == [0, 0]
+    y, dx = run(layer, bottom, top, dy)
+    gaps = []
+    for i, g in enumerate(labels):
+        others = [x[i, j] for j in range(5) if j != g]
+        mn = max([-1.0] + others)
+        lse = math.log(sum(math.exp(scales[i] * (v - mn)) for v in others)) / scales[i] + mn
+        gaps.append(x[i, g] - lse)
+    m = ref_mean_shift(np.array(gaps), np.mean(gaps), 20)
+    assert m > 0
+    ry = x.copy()
+    ry[np.arange(6), labels] -= m
+    ry *= scales[:, None]
+    _same(y, ry, 1e-10, "top")
+    _same(dx, scales[:, None] * dy, 1e-10, "dx")
+    layer.backward(top, [True, False, True], bottom)
+    _same(bottom[2].diff, (dy * ry).sum(axis=1) / scales, 1e-10, "scale diff")
+    assert math.isclose(float(top[1].data[0]), scales.mean())

@@ -721,7 +721,7 @@ class GlobalLSEMargin(_LabelColumnLayer):
         t = self.dtype.type
         train = self.phase == caffe_pb2.TRAIN
         s_blob, m_blob = self.blobs[0].data.reshape(-1), self.blobs[1].data.reshape(-1)
-        s = min(max(t(s_blob[0]), t(self.low)), t(self.high))
+        s = min(max(t(float(s_blob[0])), t(self.low)), t(self.high))
         x = bottom[0].data.reshape(rows, cols)
         idx = labels.astype(np.int64)
         ar = xp.arange(rows)
@@ -737,7 +737,7 @@ class GlobalLSEMargin(_LabelColumnLayer):
         lse = xp.log(sums) / scale + mn
         gaps = target - lse
         d = np.asarray(gaps.get() if xp is not np else gaps)
-        m = t(m_blob[0])
+        m = t(float(m_blob[0]))
         if m == 0:
             b, hung = mean_shift(d, d.sum(dtype=self.dtype) / t(rows), 20)
             new_m = b if (b == b) else m
@@ -760,7 +760,7 @@ class GlobalLSEMargin(_LabelColumnLayer):
         self._scale = scale
         self._s = s
         if len(top) > 1:
-            first = s if len(bottom) < 3 else t(scale.mean(dtype=self.dtype))
+            first = s if len(bottom) < 3 else t(float(scale.mean(dtype=self.dtype)))
             stats = [first, target.mean(dtype=self.dtype), lse.mean(dtype=self.dtype),
                      mn.mean(dtype=self.dtype), new_m]
             top[1].data[...] = xp.asarray([float(v) for v in stats], dtype=self.dtype)
