@@ -6,8 +6,6 @@ default GPU semantics against float64 references of the spec written here; edge 
 TRAIN/TEST, stateful steps, snapshots of the counters, and the errors.
 """
 
-import glob
-import json
 import math
 import os
 
@@ -15,7 +13,8 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from conftest import SHARED, assert_close, shared_path
+from conftest import assert_close
+from family_ref import case_names, check_case
 
 import pyfacelayers as caffe
 from pyfacelayers.backend import to_numpy
@@ -26,51 +25,11 @@ from pyfacelayers.proto import caffe_pb2
 
 TOL = {"float32": 1e-5, "float64": 1e-10}
 DTYPES = {"float32": np.float32, "float64": np.float64}
-LAYERS = os.path.join(SHARED, "fixtures", "family-ref", "layers")
 MY_TYPES = ("LabelSpecificAdd", "LabelSpecificRescale", "LabelSpecificMargin", "CosinAddm",
             "CombinedMargin", "AdaCosAddmScale", "Accuracy", "SoftmaxWithLoss", "FocalLoss")
 
 
-def _cases():
-    names = sorted(os.path.basename(p)[:-4] for p in glob.glob(os.path.join(LAYERS, "f32", "*.npz")))
-    return [n for n in names if n.split("__")[0] in MY_TYPES]
-
-
-CASES = _cases()
-
-
-def load_case(case, dt):
-    path = shared_path("fixtures", "family-ref", "layers", "f32" if dt == "float32" else "f64",
-                       case + ".npz")
-    z = np.load(path)
-    return z, json.loads(str(z["meta_json"]))
-
-
-def run_fixture_net(z, meta, dtype):
-    """Replay a fixture case as its harness did: one Net, per step set the inputs, forward,
-    seed the top diffs (and poison bottom diffs), backward. Yields (step, net)."""
-    param = caffe_pb2.NetParameter()
-    text_format.Merge(meta["net_prototxt"], param)
-    param.force_backward = True
-    phase = caffe.TRAIN if meta["phase"] == "TRAIN" else caffe.TEST
-    net = caffe.Net(param, phase, dtype=dtype)
-    for step in range(meta["steps"]):
-        for name in meta["inputs"]:
-            net.blobs[name].data = z["step%d_in__%s" % (step, name)]  # host or device
-        net.forward()
-        for key in z.files:
-            prefix = "step%d_topdiff__" % step
-            if key.startswith(prefix):
-                net.blobs[key[len(prefix):]].diff = z[key]
-        for name, value in meta.get("poison_bottom_diff_before_backward", {}).items():
-            net.blobs[name].diff[...] = value
-        if meta.get("backward", True) and meta["layer_type"] != "Accuracy":
-            net.backward()
-        yield step, net
-
-
-def _label_blobs(meta):
-    return {n for n, spec in meta["inputs"].items() if spec.get("kind") == "label"} | {"label"}
+CASES = [c for t in MY_TYPES for c in case_names(t)]
 
 
 def _same(actual, expected, tol, what):
@@ -82,41 +41,12 @@ def _same(actual, expected, tol, what):
     assert_close(actual[~bad_a], expected[~bad_e], tol, what)
 
 
-@pytest.fixture
-def cpu_semantics(monkeypatch):
-    monkeypatch.setenv("PYFACELAYERS_FORK_SEMANTICS", "cpu")
-
-
-@pytest.mark.parametrize("dt", ["float32", "float64"])
-@pytest.mark.parametrize("case", CASES)
-def test_fixture_cpu_semantics(case, dt, cpu_semantics):
-    check_fixture(case, dt)
-
-
-def check_fixture(case, dt):
-    """Every top, bottom diff and param of a fixture case, each step (current mode)."""
-    z, meta = load_case(case, dt)
-    tol = TOL[dt]
-    labels = _label_blobs(meta)
-    inputs = set(meta["inputs"])
-    layer = caffe_pb2.NetParameter()
-    text_format.Merge(meta["layer_prototxt"], layer)
-    tops = set(layer.layer[0].top)
-    for step, net in run_fixture_net(z, meta, DTYPES[dt]):
-        for key in z.files:
-            head = "step%d_" % step
-            if not key.startswith(head):
-                continue
-            kind, _, name = key[len(head):].partition("__")
-            what = "%s %s step %d %s" % (case, dt, step, key)
-            if kind == "data" and (name in tops or name not in inputs):
-                _same(net.blobs[name].data, z[key], tol, what)
-            elif kind == "diff" and name in inputs and name not in labels and meta["backward"] \
-                    and meta["layer_type"] != "Accuracy":
-                _same(net.blobs[name].diff, z[key], tol, what)
-            elif kind == "param":
-                layer, _, index = name.partition("__")
-                _same(net.params[layer][int(index)].data, z[key], tol, what)
+@pytest.mark.parametrize("dt", ["f32", "f64"])
+@pytest.mark.parametrize("case", CASES or ["<family-ref absent>"])
+def test_fixture_cpu_semantics(case, dt):
+    """Every top, bottom diff, param and loss of each step, with the CPU semantics (the
+    fixtures' code path), replayed by the shared harness (tests/family_ref.py)."""
+    check_case(case, dt)
 
 
 # -- direct layer runs ------------------------------------------------------------------
@@ -555,15 +485,16 @@ def test_focal_loss_refuses_two_tops():
         make_layer('name: "fl" type: "FocalLoss"', [cosines(3, 4, 1), [0, 1, 2]], tops=2)
 
 
-def test_semantics_switch(monkeypatch):
-    from pyfacelayers.layers.margin_family import fork_semantics
+def test_semantics_follow_the_process_setting(monkeypatch):
+    text = 'name: "arc" type: "CosinAddm"'
     monkeypatch.delenv("PYFACELAYERS_FORK_SEMANTICS", raising=False)
-    assert fork_semantics() == "gpu"
-    monkeypatch.setenv("PYFACELAYERS_FORK_SEMANTICS", "CPU")
-    assert fork_semantics() == "cpu"
-    monkeypatch.setenv("PYFACELAYERS_FORK_SEMANTICS", "tpu")
-    with pytest.raises(ValueError, match="PYFACELAYERS_FORK_SEMANTICS"):
-        fork_semantics()
+    assert make_layer(text, [cosines(2, 3, 1), [0, 1]])[0].semantics == "gpu"
+    monkeypatch.setenv("PYFACELAYERS_FORK_SEMANTICS", "gpu,CosinAddm=cpu")
+    assert make_layer(text, [cosines(2, 3, 1), [0, 1]])[0].semantics == "cpu"
+    assert make_layer(text, [cosines(2, 3, 1), [0, 1]], semantics="gpu")[0].semantics == "gpu"
+    with pytest.raises(LayerError, match="fork semantics"):
+        make_layer(text, [cosines(2, 3, 1), [0, 1]], semantics="tpu")
+
 
 
 # the documentation's commands -----------------------------------------------------------

@@ -22,7 +22,8 @@ except ImportError:
 from pyfacelayers import backend  # noqa: E402
 
 # The CPU module's tests, collected again here and run in GPU mode (autouse fixture).
-from test_margin_family import (CASES, check_fixture, cpu_semantics,  # noqa: E402,F401
+from family_ref import check_case  # noqa: E402
+from test_margin_family import (CASES,  # noqa: E402,F401
                                 test_adacos_gpu_semantics_three_steps,
                                 test_cosin_addm_gpu_in_place_has_no_margin_gradient,
                                 test_cosin_addm_gpu_semantics,
@@ -49,7 +50,7 @@ def test_blobs_are_on_the_device():
     assert type(bottom[0].data).__module__.startswith("cupy")
 
 
-@pytest.mark.parametrize("dt", ["float32", "float64"])
-@pytest.mark.parametrize("case", CASES)
-def test_fixture_cpu_semantics_on_gpu(case, dt, cpu_semantics):  # noqa: F811
-    check_fixture(case, dt)
+@pytest.mark.parametrize("dt", ["f32", "f64"])
+@pytest.mark.parametrize("case", CASES or ["<family-ref absent>"])
+def test_fixture_cpu_semantics_on_gpu(case, dt):
+    check_case(case, dt, xp=cupy)

@@ -10,8 +10,9 @@ arrays. Whole-matrix reductions (AdaCos's scale, GlobalLSEMargin's log-sum-exp) 
 array expressions that numpy and cupy both run.
 
 Where the fork's CPU and GPU code differ, the GPU code (which trained the published
-models) is the default; ``semantics="cpu"`` (or ``PYFACELAYERS_FORK_SEMANTICS=cpu``)
-selects the CPU code, which produced the golden fixtures. Exact semantics, quirks and
+models) is the default; ``semantics="cpu"`` (or ``PYFACELAYERS_FORK_SEMANTICS=cpu``,
+read when the layer is set up: ``pyfacelayers.fork_semantics``) selects the CPU code,
+which produced the golden fixtures. Exact semantics, quirks and
 the differences: ``shared/reference/margin-family.md`` and ``docs/family-margins.md``.
 """
 
@@ -20,6 +21,7 @@ import math
 
 import numpy as np
 
+from .. import fork_semantics
 from ..backend import array_module
 from ..blob import Blob
 from ..proto import caffe_pb2
@@ -31,25 +33,6 @@ log = logging.getLogger("pyfacelayers")
 LABEL_ADD, COSIN_ADDM_CPU, COSIN_ADDM_GPU, COMBINED = 0, 1, 2, 3
 LSM_HARD_CPU, LSM_HARD_GPU, LSM_SOFT_GPU, RESCALE = 4, 5, 6, 7
 RESCALE_BIAS_FIX, RESCALE_POWER, RESCALE_FOR_IP = 1, 2, 4
-
-SEMANTICS = ("gpu", "cpu")
-
-
-def fork_semantics(layer_name="?", value=None):
-    """"gpu" (default) or "cpu": the fork code path whose behaviour the margin-family
-    layers reproduce where the two differ; ``value`` (per layer) overrides the
-    process-wide ``PYFACELAYERS_FORK_SEMANTICS``."""
-    import os
-    where = "PYFACELAYERS_FORK_SEMANTICS"
-    if value is None:
-        value = os.environ.get("PYFACELAYERS_FORK_SEMANTICS", "") or "gpu"
-    else:
-        where = 'layer "%s": semantics' % layer_name
-    value = str(value).strip().lower()
-    if value not in SEMANTICS:
-        raise ValueError('%s must be "gpu" or "cpu", got %r' % (where, value))
-    return value
-
 
 def _f32(value):
     """A proto float field as the fork sees it (float32), as a Python float."""
@@ -84,8 +67,12 @@ class _LabelColumnLayer(Layer):
         super().__init__(param, phase=phase, dtype=dtype, rng=rng)
         if self.dtype not in (np.float32, np.float64):
             raise self.error("dtype must be float32 or float64, got %s" % self.dtype)
-        self.semantics = fork_semantics(self.name, semantics)
+        self.semantics = semantics  # None: the process setting, read at setup
         self._saved = None
+
+    def setup(self, bottom, top):
+        self.semantics = fork_semantics.for_layer(self)
+        super().setup(bottom, top)
 
     def allow_force_backward(self, bottom_index):
         return bottom_index == 0  # labels (and scales given as bottoms) get no gradient
