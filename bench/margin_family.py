@@ -197,8 +197,9 @@ def main():
     for margin_type, text in MARGINS:
         step, used_layer = head(xp, m, k, n, margin_type, text)
         steps.append(step)
-        notes.add("InnerProduct layer with normalize: true" if used_layer
-                  else "weight rows normalised by the bench (the InnerProduct layer has no 'normalize' yet)")
+        notes.add("InnerProduct layer with normalize: true" if used_layer else
+                  "weight rows normalised by the bench (the InnerProduct layer has no "
+                  "'normalize' yet)")
     times = interleaved_times([peer] + steps, args.repeat, sync)
     print("margin family heads, forward + backward, float32, M=%d K=%d N=%d, %d rounds"
           % (m, k, n, args.repeat))
