@@ -286,8 +286,8 @@ def test_adacos_gpu_semantics_three_steps(dt):
         x = cosines(6, 5, 10 + step, 0.3 if step else 0.82, 0.98).astype(dtype)
         labels = (np.arange(6) + step) % 5
         dy = cosines(6, 5, 20 + step).astype(dtype)
-        bottom[0].data[...] = x
-        bottom[1].data[...] = labels
+        bottom[0].data = x  # host values, on either device
+        bottom[1].data = labels
         y, dx = run(layer, bottom, top, dy)
         ry, rdx, s = ref_adacos_gpu(x.astype(float), labels, f32(0.5), s, dy.astype(float))
         _same(y, ry, TOL[dt] * 10 if dt == "float32" else TOL[dt], "top step %d" % step)
@@ -314,8 +314,8 @@ def test_global_lse_margin_three_steps(dt):
         x[np.arange(8), labels] += 0.4  # targets ahead: a positive margin
         x = x.astype(dtype)
         dy = cosines(8, 6, 40 + step).astype(dtype)
-        bottom[0].data[...] = x
-        bottom[1].data[...] = labels
+        bottom[0].data = x  # host values, on either device
+        bottom[1].data = labels
         layer.blobs[0].diff[...] = 123  # overwritten, not accumulated
         y, dx = run(layer, bottom, top, dy)
         ry, rdx, ds, m, stats = ref_global_lse(x.astype(float), labels, s, m, dy.astype(float))
@@ -334,8 +334,8 @@ def test_global_lse_margin_test_phase_leaves_state():
     x = cosines(8, 6, 50)
     labels = np.arange(8) % 6
     x[np.arange(8), labels] += 0.4
-    bottom[0].data[...] = x
-    bottom[1].data[...] = labels
+    bottom[0].data = x  # host values, on either device
+    bottom[1].data = labels
     y, _ = run(layer, bottom, top)
     ry, _, _, m, _ = ref_global_lse(x, labels, 40.0, 0.0, np.zeros_like(x))
     _same(y, ry, 1e-10, "TEST top")
@@ -349,8 +349,8 @@ def test_global_lse_mean_shift_hang_is_bounded(caplog):
     assert hung and math.isnan(mu)
     layer, bottom, top = make_layer('name: "glse" type: "GlobalLSEMargin" bottom: "x" '
                                     'bottom: "l" top: "y"', [np.zeros((2, 3)), np.zeros(2)])
-    bottom[0].data[...] = [[0.9, -0.9, -0.9], [-0.9, -0.9, -0.9]]
-    bottom[1].data[...] = [0, 0]
+    bottom[0].data = [[0.9, -0.9, -0.9], [-0.9, -0.9, -0.9]]
+    bottom[1].data = [0, 0]
     run(layer, bottom, top)
     assert float(layer.blobs[1].data[0]) == 0
     assert "loop forever" in caplog.text
@@ -407,8 +407,8 @@ def test_label_specific_add_counter_survives_snapshot(tmp_path):
                            % (net_path, tmp_path / "snap"))
 
     def feed(solver):
-        solver.net.blobs["x"].data[...] = np.linspace(-1, 1, 24).reshape(4, 6)
-        solver.net.blobs["label"].data[...] = [0, 1, 2, 3]
+        solver.net.blobs["x"].data = np.linspace(-1, 1, 24).reshape(4, 6)
+        solver.net.blobs["label"].data = [0, 1, 2, 3]
 
     solver = SGDSolver(str(solver_path))
     feed(solver)
@@ -461,13 +461,13 @@ def test_labels_and_bottom_counts_are_checked(layer_type):
         make_layer(text, [cosines(3, 4, 1), [0, 1, 2], [1, 1, 1], [0, 0, 0]])
     layer, bottom, top = make_layer(text, [cosines(3, 4, 1), [0, 1, 2]])
     for bad in ([0, 4, 1], [0, np.nan, 1]):
-        bottom[1].data[...] = bad
+        bottom[1].data = bad
         with pytest.raises(LayerError, match='"bad".*label 1 is'):
             run(layer, bottom, top)
     with pytest.raises(LayerError, match="labels have 2 values"):
         make_layer(text, [cosines(3, 4, 1), [0, 1]])
     if layer_type not in ("CombinedMargin", "AdaCosAddmScale"):
-        bottom[1].data[...] = [0, -1, 1]
+        bottom[1].data = [0, -1, 1]
         with pytest.raises(LayerError, match="label 1 is -1"):
             run(layer, bottom, top)
 
