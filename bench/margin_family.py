@@ -87,8 +87,9 @@ def has_ip_normalize():
         return False
 
 
-def head(xp, m, k, n, margin_type, margin_text):
-    """One forward + backward of the normalised InnerProduct and the margin layer."""
+def head(xp, m, k, n, margin_type, margin_text, use_layer):
+    """One forward + backward of the normalised InnerProduct and the margin layer
+    (``use_layer``: the InnerProduct layer implements ``normalize``)."""
     from google.protobuf import text_format
 
     from pyfacelayers.blob import Blob
@@ -100,7 +101,6 @@ def head(xp, m, k, n, margin_type, margin_text):
     feat.data[...] = x
     label.data[...] = labels
     cos, out = Blob((m, n), xp=xp), Blob((m, n), xp=xp)
-    use_layer = has_ip_normalize()
     if use_layer:
         ip = create_layer(text_format.Parse(
             'name: "fc6" type: "InnerProduct" inner_product_param { num_output: %d '
@@ -143,7 +143,7 @@ def head(xp, m, k, n, margin_type, margin_text):
         margin.backward([out], [True, False], [cos, label])
         ip_backward()
 
-    return step, use_layer
+    return step
 
 
 def products(xp, m, k, n):
@@ -183,6 +183,7 @@ def main():
     args = parser.parse_args()
 
     from pyfacelayers import backend
+    use_layer = has_ip_normalize()  # probed in CPU mode
     if args.gpu:
         backend.set_mode_gpu()
         import cupy
@@ -193,20 +194,17 @@ def main():
         sync = lambda: None  # noqa: E731
     m, k, n = args.m, args.k, args.n
     peer = products(xp, m, k, n)
-    steps, notes = [], set()
-    for margin_type, text in MARGINS:
-        step, used_layer = head(xp, m, k, n, margin_type, text)
-        steps.append(step)
-        notes.add("InnerProduct layer with normalize: true" if used_layer else
-                  "weight rows normalised by the bench (the InnerProduct layer has no "
-                  "'normalize' yet)")
+    steps = [head(xp, m, k, n, margin_type, text, use_layer) for margin_type, text in MARGINS]
+    note = ("InnerProduct layer with normalize: true" if use_layer else
+            "weight rows normalised by the bench (the InnerProduct layer has no "
+            "'normalize' yet)")
     times = interleaved_times([peer] + steps, args.repeat, sync)
     print("margin family heads, forward + backward, float32, M=%d K=%d N=%d, %d rounds"
           % (m, k, n, args.repeat))
     print("machine: %s" % machine(xp))
     print("peer: the three matrix products (X.W^T, top_diff.W, top_diff^T.X), %s"
           % ("cuBLAS via cupy" if args.gpu else "numpy/BLAS"))
-    print("head: %s" % "; ".join(sorted(notes)))
+    print("head: %s" % note)
     print()
     print("ratio: the median over the rounds of ours / products measured in the same round "
           "(robust to load from other processes); times: the best round")
