@@ -550,3 +550,19 @@ def test_global_lse_margin_per_row_scales():
     layer.backward(top, [True, False, True], bottom)
     _same(bottom[2].diff, (dy * ry).sum(axis=1) / scales, 1e-10, "scale diff")
     assert math.isclose(float(top[1].data[0]), scales.mean())
+
+
+def test_label_specific_margin_third_bottom_gives_the_margin():
+    """GPU semantics: m = bottom[2][0] (degrees); the CPU code takes 2 bottoms."""
+    x = cosines(4, 5, 80)
+    labels = np.array([0, 1, 2, 3])
+    dy = cosines(4, 5, 81)
+    text = ('name: "lsm" type: "LabelSpecificMargin" bottom: "x" bottom: "l" bottom: "m" '
+            'top: "y" label_specific_margin_param { margin_base: 10 gamma: 0 }')
+    layer, bottom, top = make_layer(text, [x, labels, [25.0]])
+    y, dx = run(layer, bottom, top, dy)
+    ry, rdx = ref_label_margin_gpu(x, labels, 25.0, dy)
+    _same(y, ry, 1e-10, "top")
+    _same(dx, rdx, 1e-10, "diff")
+    with pytest.raises(LayerError, match="3rd bottom"):
+        make_layer(text, [x, labels, [25.0]], semantics="cpu")
