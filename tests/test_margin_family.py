@@ -566,3 +566,15 @@ def test_label_specific_margin_third_bottom_gives_the_margin():
     _same(dx, rdx, 1e-10, "diff")
     with pytest.raises(LayerError, match="3rd bottom"):
         make_layer(text, [x, labels, [25.0]], semantics="cpu")
+
+
+def test_fractional_labels_are_truncated_as_the_forks_int():
+    x = cosines(2, 3, 90, 0.5, 0.9)
+    layer, bottom, top = make_layer('name: "am" type: "LabelSpecificAdd" '
+                                    'label_specific_add_param { bias: -0.35 }',
+                                    [x, [-0.5, 2.9]])
+    y, _ = run(layer, bottom, top)
+    expected = x.copy()
+    expected[0, 0] -= f32(0.35)
+    expected[1, 2] -= f32(0.35)
+    np.testing.assert_allclose(y, expected, rtol=1e-15)

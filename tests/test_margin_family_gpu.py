@@ -33,6 +33,7 @@ from test_margin_family import (CASES,  # noqa: E402,F401
                                 test_label_specific_margin_gpu_semantics,
                                 test_label_specific_margin_schedule_phases,
                                 test_label_specific_margin_third_bottom_gives_the_margin,
+                                test_fractional_labels_are_truncated_as_the_forks_int,
                                 test_labels_and_bottom_counts_are_checked,
                                 test_negative_labels_skip_rows_where_the_fork_skips_them)
 

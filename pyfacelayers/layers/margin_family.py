@@ -34,6 +34,7 @@ LABEL_ADD, COSIN_ADDM_CPU, COSIN_ADDM_GPU, COMBINED = 0, 1, 2, 3
 LSM_HARD_CPU, LSM_HARD_GPU, LSM_SOFT_GPU, RESCALE = 4, 5, 6, 7
 RESCALE_BIAS_FIX, RESCALE_POWER, RESCALE_FOR_IP = 1, 2, 4
 
+
 def _f32(value):
     """A proto float field as the fork sees it (float32), as a Python float."""
     return float(np.float32(value))
@@ -99,7 +100,8 @@ class _LabelColumnLayer(Layer):
         return rows, (bottom[0].count // rows if rows else 0)
 
     def _labels(self, bottom, rows, cols):
-        """The labels as a (rows,) array of the layer's dtype, after checking them."""
+        """The labels truncated toward 0 (the forks' ``int(label)``) as a (rows,) array of
+        the layer's dtype, after checking them."""
         labels = bottom[1].data.reshape(rows)
         if labels.dtype != self.dtype:
             raise self.error("labels have dtype %s, expected %s" % (labels.dtype, self.dtype))
@@ -113,7 +115,7 @@ class _LabelColumnLayer(Layer):
                        if self.skip_negative_labels else "an integer in [0, %d)" % cols)
             raise self.error("label %d is %r, expected %s (the number of classes is the "
                              "logits' count per row)" % (i, float(labels[i]), allowed))
-        return xp.ascontiguousarray(labels)
+        return xp.ascontiguousarray(as_int)
 
     def _rows(self, array, rows, cols):
         if not array.flags.c_contiguous:
