@@ -4,8 +4,6 @@ run; the four small training nets of ../shared/fixtures/family-ref/nets reproduc
 forks' forward, backward and 6 SGD iterations; the real NormFace caffemodel's TEST
 forward matches. Nets whose layer types are not registered yet skip, naming them."""
 
-import contextlib
-import io
 import json
 import os
 
@@ -151,11 +149,20 @@ def fixture_net(key, dtype):
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
 @pytest.mark.parametrize("key", NET_KEYS)
 def test_net_fixture_forward_backward(key, dtype):
+    check_net_fixture_forward_backward(key, dtype)
+
+
+def check_net_fixture_forward_backward(key, dtype, xp=np):
+    """One forward and backward of a family-ref training net against the fixture
+    (``xp``: numpy, or cupy for the GPU backend)."""
+    from pyfacelayers.backend import to_numpy
     folder, net = fixture_net(key, np.float32 if dtype == "f32" else np.float64)
+    if xp is not np:
+        net.to_device(xp)
     z = np.load(os.path.join(folder, "%s_fb_%s.npz" % (key, dtype)))
     meta = json.loads(str(z["meta_json"]))
-    net.blobs["data"].data[...] = z["input_data"]
-    net.blobs["label"].data[...] = z["input_label"]
+    net.blobs["data"].data[...] = xp.asarray(z["input_data"])
+    net.blobs["label"].data[...] = xp.asarray(z["input_label"])
     net.clear_param_diffs()
     loss = net.forward_from_to()
     net.backward_from_to()
@@ -174,7 +181,7 @@ def test_net_fixture_forward_backward(key, dtype):
         else:
             continue
         expected = z[key_name]
-        assert_close(np.asarray(ours).reshape(expected.shape), expected, TOL, key_name)
+        assert_close(to_numpy(ours).reshape(expected.shape), expected, TOL, key_name)
         compared += 1
     assert compared > 20
 
