@@ -502,11 +502,11 @@ def test_semantics_follow_the_process_setting(monkeypatch):
 def test_doc_example_runs(capsys):
     import re
     from conftest import ROOT
-    with open(os.path.join(ROOT, "docs", "family-margins.md")) as f:
+    with open(os.path.join(ROOT, "docs", "family.md")) as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
     assert blocks
     for block in blocks:
-        exec(compile(block, "docs/family-margins.md", "exec"), {})
+        exec(compile(block, "docs/family.md", "exec"), {})
     assert "[-0.00010002] {'iteration': 3}" in capsys.readouterr().out
 
 

@@ -1,6 +1,7 @@
 """The margin-family layers on the GPU (cupy + the CUDA kernels of csrc/cuda/margin_family.cu):
-every fixture case with the CPU semantics against the forks' golden data, and the tests of
-the default GPU semantics against their float64 references, all re-run in GPU mode.
+the tests of the default GPU semantics against their float64 references, the edge rows,
+phases and errors, re-run in GPU mode. (The fixture cases of every family layer run on the
+GPU in tests/test_family_gpu.py.)
 
 Skips cleanly without cupy, without a CUDA device, or without the CUDA module.
 """
@@ -22,8 +23,7 @@ except ImportError:
 from pyfacelayers import backend  # noqa: E402
 
 # The CPU module's tests, collected again here and run in GPU mode (autouse fixture).
-from family_ref import check_case  # noqa: E402
-from test_margin_family import (CASES,  # noqa: E402,F401
+from test_margin_family import (  # noqa: E402,F401
                                 test_adacos_gpu_semantics_three_steps,
                                 test_cosin_addm_gpu_in_place_has_no_margin_gradient,
                                 test_cosin_addm_gpu_semantics,
@@ -50,9 +50,3 @@ def test_blobs_are_on_the_device():
     layer, bottom, top = make_layer('name: "am" type: "LabelSpecificAdd"',
                                     [[[0.5, 0.1]], [0]])
     assert type(bottom[0].data).__module__.startswith("cupy")
-
-
-@pytest.mark.parametrize("dt", ["f32", "f64"])
-@pytest.mark.parametrize("case", CASES or ["<family-ref absent>"])
-def test_fixture_cpu_semantics_on_gpu(case, dt):
-    check_case(case, dt, xp=cupy)

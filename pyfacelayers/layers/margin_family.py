@@ -13,7 +13,7 @@ Where the fork's CPU and GPU code differ, the GPU code (which trained the publis
 models) is the default; ``semantics="cpu"`` (or ``PYFACELAYERS_FORK_SEMANTICS=cpu``,
 read when the layer is set up: ``pyfacelayers.fork_semantics``) selects the CPU code,
 which produced the golden fixtures. Exact semantics, quirks and
-the differences: ``shared/reference/margin-family.md`` and ``docs/family-margins.md``.
+the differences: ``shared/reference/margin-family.md`` and ``docs/family.md``.
 """
 
 import logging
