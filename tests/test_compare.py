@@ -569,9 +569,10 @@ def test_a_dump_of_another_net_with_the_same_name_says_so(tmp_path):
     model, weights = _small(tmp_path, "small")
     other, other_weights = _small(tmp_path, "other", SMALL_NET.replace('"ReLU"', '"Sigmoid"'))
     ref = _dump_like_the_tool(other, other_weights, str(tmp_path / "other.npz"))
-    with pytest.raises(C.CompareError, match=r'another net with the same name "small": its '
-                                             r'layer 2 is "relu" \(Sigmoid\), this net\'s is '
-                                             r'"relu" \(ReLU\)'):
+    with pytest.raises(C.CompareError, match=r'another net with the same name "small": it '
+                                             r'has "relu" \(Sigmoid\) where this net has '
+                                             r'"relu" \(ReLU\) after "ip" \(2 layers there, '
+                                             r'2 here'):
         C.compare_net(model, weights, ref)
     code, _ = run_cli("--model", model, "--weights", weights, "--reference", ref)
     assert code == 2
@@ -587,8 +588,9 @@ def test_a_dump_of_another_net_with_the_same_name_says_so(tmp_path):
         "force_backward", 'layer { name: "act" type: "TanH" bottom: "ip" top: "act" }\n'
                           "force_backward"))
     ref = _dump_like_the_tool(longer, longer_weights, str(tmp_path / "longer.npz"))
-    with pytest.raises(C.CompareError, match=r'4 layers there, 3 here; the reference goes '
-                                             r'on with "act" \(TanH\)'):
+    with pytest.raises(C.CompareError, match=r'3 layers there, 2 here, not counting Input '
+                                             r'and Split layers; the reference goes on '
+                                             r'with "act" \(TanH\)'):
         C.compare_net(model, weights, ref)
     # and the same net passes
     assert C.compare_net(model, weights, _dump_like_the_tool(
@@ -614,6 +616,10 @@ def test_a_dump_made_without_weights_is_explained_at_the_first_parameter(tmp_pat
     _, other = _small(tmp_path, "small2", seed=4)
     report = C.compare_net(model, other, ref)
     assert "weights small.caffemodel, this run uses small2.caffemodel" in \
+        report.first_failure.note
+    # a net built by the caller: its weights are not a file compare knows
+    report = C.compare_net(caffe.Net(model, other, caffe.TEST), None, ref)
+    assert report.first_failure.key == "param/ip/0" and "weights" not in \
         report.first_failure.note
 
 

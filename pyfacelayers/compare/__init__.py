@@ -47,9 +47,11 @@ def _sync_iterations(net, ref, notes, sync):
 
 
 def _layer_list(layers):
-    """(name, type) of each layer, Split layers left out (where they go is a detail of
-    how each Caffe inserts them, not of the net)."""
-    return [(l["name"], l["type"]) for l in layers if l.get("type") != "Split"]
+    """(name, type) of each layer, Split and Input layers left out: where Splits go is a
+    detail of how each Caffe inserts them, and a Caffe older than the Input layer keeps
+    a legacy ``input:`` header as net inputs, not as a layer (the inputs are checked
+    apart)."""
+    return [(l["name"], l["type"]) for l in layers if l.get("type") not in ("Split", "Input")]
 
 
 def check_same_net(net, ref):
@@ -64,16 +66,18 @@ def check_same_net(net, ref):
     lead = "the reference is of another net%s: " % (
         ' with the same name "%s"' % net.name if same_name else "")
     theirs, ours = _layer_list(theirs), _layer_list(net_structure(net))
+    counts = "%d layers there, %d here, not counting Input and Split layers" % (
+        len(theirs), len(ours))
     for i, (a, b) in enumerate(zip(theirs, ours)):
         if a != b:
-            raise CompareError(lead + 'its layer %d is "%s" (%s), this net\'s is "%s" (%s) '
-                               '(%d layers there, %d here)' % (i, a[0], a[1], b[0], b[1],
-                                                               len(theirs), len(ours)))
+            after = ' after "%s"' % ours[i - 1][0] if i else " first"
+            raise CompareError(lead + 'it has "%s" (%s) where this net has "%s" (%s)%s '
+                               '(%s)' % (a[0], a[1], b[0], b[1], after, counts))
     if len(theirs) != len(ours):
         longer, extra = ("the reference", theirs) if len(theirs) > len(ours) \
             else ("this net", ours)
-        raise CompareError(lead + "%d layers there, %d here; %s goes on with %s" % (
-            len(theirs), len(ours), longer,
+        raise CompareError(lead + "%s; %s goes on with %s" % (
+            counts, longer,
             ", ".join('"%s" (%s)' % l for l in extra[min(len(theirs), len(ours)):][:4])))
     for name, params in net.params.items():
         for k, p in enumerate(params):
@@ -116,6 +120,9 @@ def _backward_possible(net, backward, explicit, notes):
     return False
 
 
+_PREBUILT = object()  # compare_net was given a built Net: its weights are the caller's
+
+
 def _explain_weights(rows, meta, weights, notes):
     """When the first failure is a parameter, say why if the weights differ: a dump made
     without --weights (Caffe's own random fillers), or other weights files."""
@@ -123,6 +130,10 @@ def _explain_weights(rows, meta, weights, notes):
     if first is None or not first.key.startswith("param/"):
         return
     theirs = meta.get("weights")
+    if weights is _PREBUILT:  # the caller built and weighted the net: no file to name
+        weights = None
+        if theirs:
+            return
     ours = os.path.basename(os.fspath(weights)) if isinstance(weights, (str, os.PathLike)) \
         else None
     if meta.get("tool") and not theirs:
@@ -233,7 +244,7 @@ def compare_net(model, weights, reference, inputs=None, backward=None, top_diff=
         if ref.has(row.key):
             compare_row(row, arrays[row.key], ref, tolerance)
     _explain(rows, ref, arrays, notes)
-    _explain_weights(rows, meta, weights, notes)
+    _explain_weights(rows, meta, _PREBUILT if isinstance(model, Net) else weights, notes)
     report = Report(rows, tolerance, notes, meta, info["layers"])
     report.net_info = info  # our net's layers, blob order, loss
     return report
