@@ -68,9 +68,9 @@ print('cuDNN (engine: CUDNN): %s' % (cudnn.available(),))
 stamp "== pyfacelayers device_query --gpu 0 (caffe device_query)"
 (cd tests && timeout 60 $PY -m pyfacelayers device_query --gpu 0) || status=1
 
-stamp "== GPU tests (tests/test_gpu.py, tests/test_cudnn.py)"
-(cd tests && timeout 240 $PY -m pytest -q -p no:cacheprovider -rs --tb=short test_gpu.py test_cudnn.py \
-  >"$OUT/test_gpu.log" 2>&1)
+stamp "== GPU tests (tests/test_gpu.py, tests/test_cudnn.py, tests/test_*gpu*.py)"
+(cd tests && timeout 300 $PY -m pytest -q -p no:cacheprovider -rs --tb=short test_gpu.py test_cudnn.py \
+  $(ls test_*gpu*.py | grep -v '^test_gpu.py$') >"$OUT/test_gpu.log" 2>&1)
 rc=$?
 tail -40 "$OUT/test_gpu.log"
 [ $rc -ne 0 ] && { echo "GPU TESTS: rc $rc (1: failures, 5: nothing ran, 124: timeout)"; status=1; }
@@ -80,6 +80,26 @@ stamp "== benchmarks (bench/gpu_bench.py)"
 rc=$?
 cat "$OUT/bench.log"
 [ $rc -ne 0 ] && { echo "BENCHMARKS: rc $rc (1: a part failed, 124: timeout)"; status=1; }
+
+stamp "== feeding the GPU from JPEGs (bench/gpu_feed.py)"
+(cd tests && timeout 180 $PY "$ROOT/bench/gpu_feed.py" >"$OUT/feed.log" 2>&1)
+rc=$?
+tail -8 "$OUT/feed.log"
+[ $rc -ne 0 ] && { echo "FEED BENCHMARK: rc $rc"; status=1; }
+
+# Optional parts, each only where its script exists (other features' GPU checks).
+for extra in "bench/margin_family.py --gpu" "bench/align.py --gpu 0" "bench/parallel_gpu_check.sh"; do
+  script=${extra%% *}
+  [ -f "$ROOT/$script" ] || continue
+  stamp "== $extra"
+  case $script in
+    *.sh) (cd tests && timeout 120 bash "$ROOT/$extra" >"$OUT/$(basename $script).log" 2>&1) ;;
+    *) (cd tests && timeout 120 $PY "$ROOT/$script" ${extra#* } >"$OUT/$(basename $script).log" 2>&1) ;;
+  esac
+  rc=$?
+  tail -15 "$OUT/$(basename $script).log"
+  [ $rc -ne 0 ] && { echo "$extra: rc $rc"; status=1; }
+done
 
 stamp "== done (status $status; logs in $OUT)"
 exit $status

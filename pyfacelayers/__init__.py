@@ -5,8 +5,11 @@
 ``caffe.set_random_seed``, ``caffe.SGDSolver`` and the other solvers,
 ``caffe.get_solver``, ``caffe.io``, ``caffe.proto.caffe_pb2`` and net_spec's
 ``caffe.NetSpec`` / ``caffe.layers`` / ``caffe.params`` / ``caffe.to_proto``,
-``caffe.Classifier``, ``caffe.draw``, and the process-level ``init_log``, ``log``,
-``Timer``, ``has_nccl`` and solver count/rank functions. The SphereFace
+``caffe.Classifier``, ``caffe.Detector``, ``caffe.draw``, ``caffe.coord_map``, and the
+process-level ``init_log``, ``log``, ``Timer``, ``has_nccl`` and solver count/rank
+functions.
+``pyfacelayers.allow_python_layers(True)`` (or PYFACELAYERS_ALLOW_PYTHON_LAYERS=1) lets
+unchanged pycaffe scripts build Caffe ``Python`` layers; they are refused by default. The SphereFace
 ``MarginInnerProduct`` layer runs in C++ (and CUDA when built with nvcc).
 """
 
@@ -16,6 +19,7 @@ from . import proto  # noqa: E402
 from .backend import set_device, set_mode_cpu, set_mode_gpu  # noqa: E402
 from .blob import Blob  # noqa: E402
 from .layers import Layer, registered_types  # noqa: E402
+from .layers.python_layer import allow_python_layers  # noqa: E402
 from .net import TEST, TRAIN, Net, set_random_seed  # noqa: E402
 from .process import (NCCL, Timer, has_nccl, init_log, set_multiprocess,  # noqa: E402
                       set_solver_count, set_solver_rank, solver_count, solver_rank)
@@ -32,10 +36,10 @@ def __getattr__(name):
     import importlib
     if name == "io":
         return importlib.import_module(".io", __name__)
-    if name == "Classifier":
-        return importlib.import_module(".classifier", __name__).Classifier
-    if name == "draw":
-        return importlib.import_module(".draw", __name__)
+    if name in ("Classifier", "Detector"):
+        return getattr(importlib.import_module("." + name.lower(), __name__), name)
+    if name in ("draw", "coord_map"):
+        return importlib.import_module("." + name, __name__)
     if name in ("NetSpec", "params", "to_proto", "net_spec"):
         module = importlib.import_module(".net_spec", __name__)
         return module if name == "net_spec" else getattr(module, name)

@@ -3,6 +3,7 @@
 import numpy as np
 
 from . import backend, limits
+from .errors import BlobOnHostError
 
 
 class Blob:
@@ -109,6 +110,24 @@ class Blob:
                              % (shape, what, self._shape))
         value = self._xp.asarray(value, dtype=self.dtype)
         return value.reshape(self._shape)
+
+    # pycaffe's device pointers (Blob._gpu_data_ptr / _gpu_diff_ptr, integers), for
+    # scripts that hand a blob's memory to other GPU code. Only in GPU mode: a blob on
+    # the host has none (as in a CPU-only pycaffe, where the attributes do not exist).
+    @property
+    def _gpu_data_ptr(self):
+        return self._device_pointer(self._data, "_gpu_data_ptr")
+
+    @property
+    def _gpu_diff_ptr(self):
+        return self._device_pointer(self._diff, "_gpu_diff_ptr")
+
+    def _device_pointer(self, array, what):
+        if isinstance(array, np.ndarray):
+            raise BlobOnHostError("%s: %s is on the host (CPU mode); device pointers "
+                                  "exist in GPU mode (caffe.set_mode_gpu() before the "
+                                  "net is built)" % (what, self._label))
+        return int(array.data.ptr)
 
     def share_data(self, other):
         """View ``other``'s data in this blob's shape (Caffe's ShareData; same count)."""

@@ -77,6 +77,50 @@ def layer_details(layer):
     return []
 
 
+# pycaffe's label and colour helpers, for scripts that build their own diagrams.
+def get_pooling_types_dict():
+    """{pooling method number: its name}, e.g. {0: "MAX", 1: "AVE", 2: "STOCHASTIC"}."""
+    methods = caffe_pb2.PoolingParameter.PoolMethod.DESCRIPTOR.values_by_name
+    return {value.number: name for name, value in methods.items()}
+
+
+def get_edge_label(layer):
+    """pycaffe's edge label: the batch size of a Data layer, the output count of a
+    convolution or inner product, else an empty DOT string ('""')."""
+    if layer.type == "Data":
+        return "Batch %d" % layer.data_param.batch_size
+    if layer.type in ("Convolution", "Deconvolution"):
+        return str(layer.convolution_param.num_output)
+    if layer.type == "InnerProduct":
+        return str(layer.inner_product_param.num_output)
+    return '""'
+
+
+def get_layer_label(layer, rankdir):
+    """pycaffe's node label, quoted for DOT: name and (type), plus kernel size, stride
+    and pad (first values) of a convolution or pooling; words on one line for a
+    vertical layout (TB, BT), one per line otherwise."""
+    sep = " " if rankdir in ("TB", "BT") else "\\n"
+    if layer.type in ("Convolution", "Deconvolution"):
+        p = layer.convolution_param
+        kind = "(%s)" % layer.type
+        sizes = (p.kernel_size[0] if len(p.kernel_size) else 1,
+                 p.stride[0] if len(p.stride) else 1, p.pad[0] if len(p.pad) else 0)
+    elif layer.type == "Pooling":
+        p = layer.pooling_param
+        kind = "(%s %s)" % (get_pooling_types_dict()[p.pool], layer.type)
+        sizes = (p.kernel_size, p.stride, p.pad)
+    else:
+        return '"%s%s(%s)"' % (layer.name, sep, layer.type)
+    return '"%s%s%s%skernel size: %d%sstride: %d%spad: %d"' % (
+        layer.name, sep, kind, sep, sizes[0], sep, sizes[1], sep, sizes[2])
+
+
+def choose_color_by_layertype(layertype):
+    """The fill colour of a layer node (MarginInnerProduct is drawn as InnerProduct)."""
+    return COLOURS.get(layertype, LAYER_COLOUR)
+
+
 def net_to_dot(net_param, rankdir="LR", phase=None, display_lrm=False):
     """The DOT text of a NetParameter. ``phase``: caffe_pb2.TRAIN or TEST keeps only that
     phase's layers (include/exclude rules); None draws every layer."""

@@ -22,6 +22,7 @@ class FormatError(PyFaceLayersError, ValueError):
             where += ": "
         super().__init__(where + message)
         self.path, self.line, self.column = path, line, column
+        self.reason = message  # the message without the location
 
 
 class LayerError(PyFaceLayersError, ValueError):
@@ -55,3 +56,8 @@ class ResourceLimitError(PyFaceLayersError, MemoryError):
 
 class ShapeError(PyFaceLayersError, ValueError):
     """A blob shape that cannot exist: a negative, fractional or non-numeric dimension."""
+
+
+class BlobOnHostError(PyFaceLayersError, AttributeError):
+    """A device pointer (``Blob._gpu_data_ptr``) was asked of a blob held in host memory.
+    An AttributeError, as the missing attribute of a CPU-only pycaffe."""

@@ -6,7 +6,6 @@ with Pillow (an extra), and the resizes are written here in numpy.
 
 import numpy as np
 
-from .fileio.blobs import blob_shape
 from .proto import caffe_pb2
 
 # -- BlobProto / Datum <-> ndarray ----------------------------------------------
@@ -16,7 +15,7 @@ def blobproto_to_array(blob, return_diff=False):
     """The data (or, with ``return_diff``, the diff) of a BlobProto as a float64 array.
 
     As pycaffe: the legacy num/channels/height/width shape wins when any of them is set,
-    else ``shape.dim``. ``double_data`` / ``double_diff`` are read when the float
+    else ``shape.dim`` (empty for a blob without a shape: one value, a 0-d array). ``double_data`` / ``double_diff`` are read when the float
     fields are empty (a blob written by a Net<double>).
     """
     single, double = (blob.diff, blob.double_diff) if return_diff else (blob.data, blob.double_data)
@@ -24,7 +23,9 @@ def blobproto_to_array(blob, return_diff=False):
     if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
         shape = (blob.num, blob.channels, blob.height, blob.width)
     else:
-        shape = blob_shape(blob)
+        # pycaffe reshapes to shape.dim even when it is empty: a blob without any shape
+        # must then hold exactly one value (else ValueError, as numpy's reshape raises).
+        shape = tuple(int(d) for d in blob.shape.dim)
     count = 1
     for d in shape:
         if d < 0:

@@ -18,6 +18,7 @@ from .fileio.atomic import atomic_write
 from .fileio.blobs import blob_chunks, fill_blob, message_chunks
 from .fileio.hdf5_weights import is_hdf5_path, read_hdf5_weights, write_hdf5_weights
 from .layers import create_layer
+from .layers.python_layer import python_layers_allowed
 from .net_graph import filter_net, insert_splits
 from .proto import caffe_pb2
 
@@ -80,13 +81,14 @@ class Net:
     ``seed`` seeds fillers and random layers (default: caffe.set_random_seed's value,
     else fresh entropy, as Caffe's random_seed -1). ``allow_python_layers``: build
     Caffe ``Python`` layers, which import and run the module the prototxt names
-    (refused by default: loading a model file never runs code you did not ask for).
+    (refused by default: loading a model file never runs code you did not ask for;
+    None takes the process-wide setting, see :func:`pyfacelayers.allow_python_layers`).
     Blob sizes are checked against ``pyfacelayers.limits.memory_limit()`` before
     anything is allocated (ResourceLimitError).
     """
 
     def __init__(self, network, *args, weights=None, phase=None, level=0, stages=(),
-                 dtype=np.float32, seed=None, allow_python_layers=False):
+                 dtype=np.float32, seed=None, allow_python_layers=None):
         args = list(args)
         if args and isinstance(args[0], (str, bytes)) or (args and hasattr(args[0], "__fspath__")):
             weights = args.pop(0)
@@ -117,7 +119,11 @@ class Net:
         self._param = insert_splits(filter_net(param, state))
         if seed is None:
             seed = _random["seed"]
-        self.allow_python_layers = bool(allow_python_layers)
+        self.allow_python_layers = python_layers_allowed(allow_python_layers)
+        # pycaffe's per-layer callbacks (before_forward, ...), each called with the layer
+        # index; empty lists cost one truth test per layer.
+        self._hooks = {"before_forward": [], "after_forward": [],
+                       "before_backward": [], "after_backward": []}
         # Every blob of this net counts against one memory budget (pyfacelayers.limits).
         self._ledger = limits.Ledger()
         with limits.tracking(self._ledger):
@@ -142,6 +148,7 @@ class Net:
         owners = {}  # shared param name -> (layer index, blob index)
         self.learnable_params, self.params_lr, self.params_weight_decay = [], [], []
         self.param_display_names = []
+        self._explicit_mults = []  # per learnable param: whether lr/decay_mult were given
         self._param_need_backward = []
         blob_need_backward = {}
         self._layer_need_backward, self._bottom_need_backward = [], []
@@ -186,6 +193,9 @@ class Net:
                 self.inputs.extend(lp.top)
             in_place_shapes = [(j, b.shape) for j, b in enumerate(bottoms)
                                if j < len(tops) and tops[j] is b]
+            # The param specs as written: a layer's setup may add its own (BatchNorm
+            # pins its statistics to lr_mult 0), but Caffe's Net::Init reads the net's.
+            declared_lr = [spec.lr_mult for spec in lp.param]
             layer.setup(bottoms, tops)
             for j, shape in in_place_shapes:
                 # The top is the bottom's blob: a layer that reshapes it (InnerProduct
@@ -195,16 +205,19 @@ class Net:
                                    'changes its shape from %s to %s; give the top another '
                                    'name' % (lp.name, lp.type, lp.top[j], shape,
                                              tops[j].shape))
+            if len(declared_lr) > len(layer.blobs):
+                raise NetError('layer "%s" (%s): %d param specs for %d parameter blob(s) '
+                               '(too many params specified)'
+                               % (lp.name, lp.type, len(declared_lr), len(layer.blobs)))
             self._share_params(i, layer, lp, owners)
-            # Parameters: learned unless lr_mult is 0 (Caffe's param_need_backward).
-            param_need = []
-            for k in range(len(layer.blobs)):
-                lr = lp.param[k].lr_mult if k < len(lp.param) else layer.default_lr_mult
-                param_need.append(lr != 0)
-                need_backward |= lr != 0
-            # Caffe's fixtures show every parameter diff computed, lr_mult 0 included,
-            # so layers are not told to skip any (lr_mult acts in the solver).
+            # Caffe's param_propagate_down: a parameter gets a diff only when its
+            # lr_mult is not 0 (no param spec means lr_mult 1); force_backward turns
+            # every one on below. A learned parameter makes the layer need backward.
+            param_need = [(declared_lr[k] if k < len(declared_lr) else 1.0) != 0
+                          for k in range(len(layer.blobs))]
+            need_backward |= any(param_need)
             self._param_need_backward.append(param_need)
+            layer.param_propagate_down = list(param_need)
             # Loss weights (Caffe's SetLossWeights): explicit, else 1 on a loss layer's top 0.
             weights = []
             for j, name in enumerate(lp.top):
@@ -236,6 +249,7 @@ class Net:
                 self._bottom_need_backward[i] = [
                     need or layer.allow_force_backward(j)
                     for j, need in enumerate(self._bottom_need_backward[i])]
+                layer.param_propagate_down = [True] * len(layer.blobs)
         self.outputs = sorted(available)  # Caffe keeps them in a std::set
         self.params = OrderedDict(
             (name, layer.blobs) for name, layer in zip(self._layer_names, self.layers)
@@ -257,13 +271,35 @@ class Net:
                                                         owner.shape))
                 self._forget(blob)
                 layer.blobs[k] = owner
+                self._merge_shared_mults(lp.name, spec, owner)
                 continue
             if spec.name:
                 owners[spec.name] = (i, k)
             self.learnable_params.append(blob)
+            self._explicit_mults.append({"lr_mult": spec.HasField("lr_mult"),
+                                         "decay_mult": spec.HasField("decay_mult")})
             self.params_lr.append(spec.lr_mult)
             self.params_weight_decay.append(spec.decay_mult)
             self.param_display_names.append(spec.name or "%s__%d" % (lp.name, k))
+
+    def _merge_shared_mults(self, layer_name, spec, owner):
+        """Caffe's AppendParam for a shared parameter: an lr_mult or decay_mult given
+        here applies to the shared blob when its owner left it unset, and must agree
+        with the owner's when both give one."""
+        index = next(n for n, b in enumerate(self.learnable_params) if b is owner)
+        explicit = self._explicit_mults[index]
+        for field, values in (("lr_mult", self.params_lr),
+                              ("decay_mult", self.params_weight_decay)):
+            if not spec.HasField(field):
+                continue
+            value = getattr(spec, field)
+            if not explicit[field]:
+                explicit[field] = True
+                values[index] = value
+            elif value != values[index]:
+                raise NetError('layer "%s": shared parameter "%s" has mismatched %s '
+                               '(%g here, %g in its owner)'
+                               % (layer_name, spec.name, field, value, values[index]))
 
     def _prune_backward(self, layer_params):
         """Caffe's backward pruning: skip layers that do not contribute to a loss."""
@@ -304,24 +340,64 @@ class Net:
 
     def forward_from_to(self, start=0, end=None):
         """Run layers start..end (inclusive); returns the weighted loss."""
+        return float(self._forward_range(start, end))
+
+    def _forward_range(self, start=0, end=None):
+        """forward_from_to, with the loss left where it was computed: a float on the
+        CPU, a 0-d device array on the GPU (reading it back would wait for the device;
+        the solver reads losses only when it shows them)."""
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
+        before, after = self._hooks["before_forward"], self._hooks["after_forward"]
         for i in range(start, end + 1):
+            for hook in before:
+                hook(i)
             layer, bottom, top = self.layers[i], self._bottoms[i], self._tops[i]
             self._ledger.layer = (layer.name, layer.type)  # names it in a size refusal
             layer.reshape(bottom, top)
             layer.forward(bottom, top)
             for j, weight in self._loss_weights[i]:
                 top[j].diff[...] = weight
-                loss += weight * float(top[j].data.sum())
+                total = top[j].data.sum()
+                if top[j].xp is np:
+                    loss += weight * float(total)
+                else:  # summed in double, as float() does on the CPU
+                    loss = loss + weight * total.astype(np.float64)
+            for hook in after:
+                hook(i)
         return loss
 
     def backward_from_to(self, start=None, end=0):
         start = len(self.layers) - 1 if start is None else start
+        before, after = self._hooks["before_backward"], self._hooks["after_backward"]
         for i in range(start, end - 1, -1):
+            for hook in before:  # Caffe calls the hooks for every layer, run or skipped
+                hook(i)
             if self._layer_need_backward[i]:
                 self.layers[i].backward(self._tops[i], self._bottom_need_backward[i],
                                         self._bottoms[i])
+            for hook in after:
+                hook(i)
+
+    # pycaffe's Net callbacks: ``net.after_backward(fn)`` makes every later backward
+    # call ``fn(i)`` after layer i (whether or not the layer needed backward).
+    def before_forward(self, hook):
+        self._add_hook("before_forward", hook)
+
+    def after_forward(self, hook):
+        self._add_hook("after_forward", hook)
+
+    def before_backward(self, hook):
+        self._add_hook("before_backward", hook)
+
+    def after_backward(self, hook):
+        self._add_hook("after_backward", hook)
+
+    def _add_hook(self, when, hook):
+        if not callable(hook):
+            raise TypeError("Net.%s takes a callable (called with the layer index), got %s"
+                            % (when, type(hook).__name__))
+        self._hooks[when].append(hook)
 
     # pycaffe's private bindings (Net::ForwardFromTo / BackwardFromTo by layer index),
     # which scripts use to run one layer at a time.
@@ -365,9 +441,19 @@ class Net:
         names += [d for d in (diffs or []) if d not in names]
         return {name: self.blobs[name].diff for name in names}
 
+    def settle_checks(self):
+        """Raise what the layers' pending device-side checks found (see
+        Layer.defer_checks); waits for the device only if one is still running."""
+        for layer in self.layers:
+            layer.settle_checks()
+
     def forward_backward(self):
         """Caffe's ForwardBackward: returns the loss after a full forward and backward."""
-        loss = self.forward_from_to()
+        return float(self._forward_backward())
+
+    def _forward_backward(self):
+        """forward_backward with the loss left on the device (see _forward_range)."""
+        loss = self._forward_range()
         self.backward_from_to()
         return loss
 
@@ -408,14 +494,16 @@ class Net:
                 grads[name].append(backend.to_numpy(grad[name]).copy())
         return _joined(outs, count), _joined(grads, count)
 
-    def _batches(self, arrays, allowed, what):
-        """(item count, chunks): ``arrays`` cut along axis 0 into the net's batch size,
-        the last chunk padded with zeros (pycaffe's _batch). No arrays: one chunk."""
+    def _batches(self, arrays, allowed, what, batch=None):
+        """(item count, chunks): ``arrays`` cut along axis 0 into ``batch`` (default:
+        the net's batch size), the last chunk padded with zeros (pycaffe's _batch). No
+        arrays: one chunk."""
         for name in arrays:
             if name not in allowed:
                 raise NetError('"%s" is not an %s blob of this net (%s)'
                                % (name, what, ", ".join(allowed)))
-        batch = self.blobs[self.inputs[0]].shape[0] if self.inputs else 1
+        if batch is None:
+            batch = self.blobs[self.inputs[0]].shape[0] if self.inputs else 1
         lengths = {name: len(value) for name, value in arrays.items()}
         if len(set(lengths.values())) > 1:
             raise NetError("the arrays have different lengths: %s" % lengths)
@@ -438,6 +526,9 @@ class Net:
         if not self.layers or self.layers[0].type != "MemoryData":
             raise NetError("set_input_arrays needs a MemoryData layer as the first layer")
         self.layers[0].set_input_arrays(data, labels)
+
+    # pycaffe's binding under set_input_arrays (labels (N, 1, 1, 1) there; both here).
+    _set_input_arrays = set_input_arrays
 
     def reshape(self):
         for layer, bottom, top in zip(self.layers, self._bottoms, self._tops):
@@ -625,6 +716,43 @@ class Net:
     @property
     def _blob_names(self):
         return list(self.blobs)
+
+    # pycaffe's index-based bindings: blobs by id (the order of net.blobs), and per
+    # layer the ids of its bottoms and tops.
+    @property
+    def _blobs(self):
+        return list(self.blobs.values())
+
+    @property
+    def _blob_loss_weights(self):
+        return [self.blob_loss_weights.get(name, 0.0) for name in self.blobs]
+
+    @property
+    def _inputs(self):
+        return [self._blob_id(name) for name in self.inputs]
+
+    @property
+    def _outputs(self):
+        return [self._blob_id(name) for name in self.outputs]
+
+    def _bottom_ids(self, i):
+        return self._blob_ids(self._bottoms[i])
+
+    def _top_ids(self, i):
+        return self._blob_ids(self._tops[i])
+
+    def _blob_id(self, name):
+        return list(self.blobs).index(name)
+
+    def _blob_ids(self, blobs):
+        ids = {id(blob): k for k, blob in enumerate(self.blobs.values())}
+        return [ids[id(blob)] for blob in blobs]
+
+    def _batch(self, blobs):
+        """pycaffe's Net._batch: {name: array} in batches of the first blob's first
+        dimension, the last one padded with zeros."""
+        _, chunks = self._batches(blobs, list(blobs), "", self._blobs[0].shape[0])
+        return chunks
 
     def __repr__(self):
         return '<Net "%s": %d layers, %d blobs>' % (self.name, len(self.layers), len(self.blobs))

@@ -30,6 +30,21 @@ from collections import Counter, OrderedDict
 from .errors import NetError
 from .proto import caffe_pb2, is_repeated
 
+
+# pycaffe raises the built-in exceptions below (a bottom that is not a Top: TypeError;
+# an unknown field: AttributeError; a value of the wrong type: TypeError). These are
+# those and NetError at once, so scripts catching either way keep working.
+class NotATopError(NetError, TypeError):
+    """A layer was given, as a bottom, something that is not a top made by a layer."""
+
+
+class NoSuchFieldError(NetError, AttributeError):
+    """A keyword names no field of the layer's ``*_param`` message or LayerParameter."""
+
+
+class FieldValueError(NetError, TypeError):
+    """A field was given a value of the wrong kind (a dict for a scalar, ...)."""
+
 _SUFFIX = "Parameter"
 
 
@@ -53,7 +68,7 @@ def assign_proto(proto, name, value, where="LayerParameter"):
     the module docstring). ``where`` names the message in errors."""
     field = proto.DESCRIPTOR.fields_by_name.get(name)
     if field is None:
-        raise NetError("%s has no field %r" % (where, name))
+        raise NoSuchFieldError("%s has no field %r" % (where, name))
     inner = "%s.%s" % (where, name)
     try:
         if is_repeated(field):
@@ -70,13 +85,16 @@ def assign_proto(proto, name, value, where="LayerParameter"):
             setattr(proto, name, _scalar(field, value))
     except NetError:
         raise
-    except (TypeError, ValueError) as exc:
+    except ValueError as exc:
         raise NetError("%s: cannot take %r (%s)" % (inner, value, exc)) from None
+    except TypeError as exc:
+        raise FieldValueError("%s: cannot take %r (%s)" % (inner, value, exc)) from None
 
 
 def _assign_message(message, value, where):
     if not isinstance(value, dict):
-        raise NetError("%s is a message: give a dict of its fields, got %r" % (where, value))
+        raise FieldValueError("%s is a message: give a dict of its fields, got %r"
+                              % (where, value))
     for key, item in value.items():
         assign_proto(message, key, item, where)
 
@@ -111,7 +129,7 @@ class Function:
     def __init__(self, type_name, inputs, params):
         for i, bottom in enumerate(inputs):
             if not isinstance(bottom, Top):
-                raise NetError("%s layer: bottom %d must be a top made by a layer "
+                raise NotATopError("%s layer: bottom %d must be a top made by a layer "
                                "(layers.<Type>(...)), got %s" % (type_name, i,
                                                                  type(bottom).__name__))
         self.type_name = type_name
@@ -158,7 +176,7 @@ class Function:
             elif key in caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name:
                 assign_proto(layer, key, value, where)
             else:
-                raise NetError("%s: no field %r in %s" % (
+                raise NoSuchFieldError("%s: no field %r in %s" % (
                     where, key, ("%s_param or LayerParameter" % own) if own
                     else "LayerParameter (and %s has no *_param message of its own)"
                     % self.type_name))
@@ -206,6 +224,7 @@ class _Params:
 
 layers = _Layers()
 params = _Params()
+Layers, Parameters = _Layers, _Params  # pycaffe's class names of the two
 
 
 class NetSpec:

@@ -38,7 +38,7 @@ from pyfacelayers.proto import caffe_pb2
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOL = {np.float32: 1e-5, np.float64: 1e-10}
 ENV_VARS = ("PYFACELAYERS_CUDNN_LIBRARY", "PYFACELAYERS_CUDNN_ALGOS",
-            "PYFACELAYERS_CUDNN_WORKSPACE_MB", "PYFACELAYERS_CONV_ENGINE", "STANDIN_VERSION",
+            "PYFACELAYERS_CUDNN_WINOGRAD", "PYFACELAYERS_CUDNN_WORKSPACE_MB", "PYFACELAYERS_CONV_ENGINE", "STANDIN_VERSION",
             "STANDIN_NO_DEVICE", "STANDIN_FIND_FAILS")
 
 
@@ -133,20 +133,26 @@ def test_standin_matches_the_cpu_layer(standin, geometry, dtype):
     assert_close(dw - 1, as4d(ref["dw"]), TOL[dtype], "backward filter")
 
 
-CHOICES = {  # mode, Find fails -> the algorithms the stand-in's offers must give
-    ("reproducible", False): {"forward": 1, "backward_data": 1, "backward_filter": 1},
-    ("fastest", False): {"forward": 3, "backward_data": 0, "backward_filter": 3},
-    ("fastest", True): {"forward": 1, "backward_data": 0, "backward_filter": 3},
+CHOICES = {  # mode, Find fails, Winograd allowed -> what the stand-in's offers must give
+    ("deterministic", False, False): {"forward": 3, "backward_data": 1, "backward_filter": 6},
+    ("deterministic", True, False): {"forward": 1, "backward_data": 1, "backward_filter": 2},
+    ("deterministic", False, True): {"forward": 7, "backward_data": 4, "backward_filter": 6},
+    ("reproducible", False, False): {"forward": 1, "backward_data": 1, "backward_filter": 2},
+    ("reproducible", False, True): {"forward": 6, "backward_data": 5, "backward_filter": 2},
+    ("fastest", False, False): {"forward": 3, "backward_data": 0, "backward_filter": 6},
+    ("fastest", True, False): {"forward": 1, "backward_data": 0, "backward_filter": 3},
 }
 
 
-@pytest.mark.parametrize("mode,find_fails", sorted(CHOICES))
+@pytest.mark.parametrize("mode,find_fails,winograd", sorted(CHOICES))
 def test_algorithm_choice_skips_what_would_change_the_numbers(standin, monkeypatch, mode,
-                                                               find_fails):
-    """FFT/Winograd, tensor-op math, failed entries and over-cap workspaces are skipped;
-    reproducible mode takes deterministic algorithms only; a failing Find falls back to
-    the heuristic."""
+                                                               find_fails, winograd):
+    """Winograd (unless asked for), tensor-op math, failed entries and over-cap
+    workspaces are skipped; FFT is kept; deterministic and reproducible modes take
+    deterministic algorithms only (timed, or cuDNN's heuristic); a failing Find falls
+    back to the heuristic."""
     monkeypatch.setenv("PYFACELAYERS_CUDNN_ALGOS", mode)
+    monkeypatch.setenv("PYFACELAYERS_CUDNN_WINOGRAD", "1" if winograd else "0")
     if find_fails:
         monkeypatch.setenv("STANDIN_FIND_FAILS", "1")
     _, probe = standin
@@ -155,7 +161,7 @@ def test_algorithm_choice_skips_what_would_change_the_numbers(standin, monkeypat
     conv.forward(x4, w4, np.empty_like(y4))
     conv.backward_data(w4, as4d(ref["dy"]), np.empty_like(x4))
     conv.backward_filter(x4, as4d(ref["dy"]), np.zeros_like(w4))
-    expected = CHOICES[(mode, find_fails)]
+    expected = CHOICES[(mode, find_fails, winograd)]
     for index, direction in enumerate(("forward", "backward_data", "backward_filter")):
         assert probe.standin_last_algo(index) == expected[direction], direction
         assert conv.algos[direction][0] == expected[direction]
@@ -173,6 +179,7 @@ def test_workspace_cap_with_nothing_under_it_is_a_clear_error(standin, monkeypat
 
 
 @pytest.mark.parametrize("name,value", [("PYFACELAYERS_CUDNN_ALGOS", "quick"),
+                                        ("PYFACELAYERS_CUDNN_WINOGRAD", "yes"),
                                         ("PYFACELAYERS_CUDNN_WORKSPACE_MB", "lots"),
                                         ("PYFACELAYERS_CUDNN_WORKSPACE_MB", "-1"),
                                         ("PYFACELAYERS_CONV_ENGINE", "fast")])
@@ -344,8 +351,11 @@ def test_wheel_and_system_locations_are_searched(monkeypatch, tmp_path):
 
 def test_engine_choice(standin_path, monkeypatch, tmp_path, caplog):
     assert cudnn.engine_wanted(cudnn.ENGINE_CAFFE) is False
-    assert cudnn.engine_wanted(cudnn.ENGINE_DEFAULT) is False  # caffe until checked on GPUs
     monkeypatch.setenv("PYFACELAYERS_CUDNN_LIBRARY", str(tmp_path / "absent.so"))
+    monkeypatch.delenv("PYFACELAYERS_CONV_ENGINE", raising=False)
+    assert cudnn.engine_wanted(cudnn.ENGINE_DEFAULT) is False  # auto, and cuDNN is absent
+    monkeypatch.setenv("PYFACELAYERS_CONV_ENGINE", "caffe")
+    assert cudnn.engine_wanted(cudnn.ENGINE_DEFAULT) is False
     monkeypatch.setenv("PYFACELAYERS_CONV_ENGINE", "auto")
     assert cudnn.engine_wanted(cudnn.ENGINE_DEFAULT) is False
     monkeypatch.setenv("PYFACELAYERS_CONV_ENGINE", "cudnn")
@@ -359,6 +369,10 @@ def test_engine_choice(standin_path, monkeypatch, tmp_path, caplog):
     assert cudnn.engine_wanted(cudnn.ENGINE_CUDNN) is True
     monkeypatch.setenv("PYFACELAYERS_CONV_ENGINE", "auto")
     assert cudnn.engine_wanted(cudnn.ENGINE_DEFAULT) is True
+    monkeypatch.delenv("PYFACELAYERS_CONV_ENGINE")
+    assert cudnn.engine_wanted(cudnn.ENGINE_DEFAULT) is True  # auto is the default
+    monkeypatch.setenv("PYFACELAYERS_CONV_ENGINE", "caffe")
+    assert cudnn.engine_wanted(cudnn.ENGINE_DEFAULT) is False
 
 
 @pytest.mark.parametrize("engine", ["CAFFE", "CUDNN"])

@@ -166,6 +166,29 @@ def test_degenerate_layers_refused(shapes, layer, message):
         net.forward()
 
 
+@pytest.mark.parametrize("layer, field", [
+    # The fuzzer's input (net target): a valid uint32 stride that built, then failed at
+    # Forward with a bare ValueError from im2col.
+    ('type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 1 '
+     'kernel_size: 3 stride: 2147483648 }', "convolution_param.stride is 2147483648"),
+    ('type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 1 '
+     'kernel_h: 3 kernel_w: 3 stride_h: 1 stride_w: 4294967295 }',
+     "convolution_param.stride_w is 4294967295"),
+    ('type: "Deconvolution" bottom: "x" top: "y" convolution_param { num_output: 1 '
+     'kernel_size: 3 kernel_size: 2147483648 }', r"convolution_param.kernel_size\[1\] is 2147483648"),
+    ('type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 1 '
+     'kernel_size: 3 dilation: 2147483648 }', "convolution_param.dilation is 2147483648"),
+    ('type: "Pooling" bottom: "x" top: "y" pooling_param { kernel_size: 3 '
+     'stride: 2147483648 }', "pooling_param.stride is 2147483648"),
+    ('type: "Pooling" bottom: "x" top: "y" pooling_param { kernel_size: 3 '
+     'pad_h: 2147483648 pad_w: 0 }', "pooling_param.pad_h is 2147483648"),
+])
+def test_sizes_over_int32_refused_at_setup(layer, field):
+    with pytest.raises(LayerError, match=r'layer "l" \((Convolution|Deconvolution|Pooling)'
+                                         r'\): %s, over 2147483647' % field):
+        _one_layer([(1, 2, 5, 5)], layer)  # at construction: no forward needed
+
+
 # -- kernels -----------------------------------------------------------------------------
 def test_normalize_rows_of_an_empty_tall_weight_allocates_nothing():
     # A (2^31, 0) weight holds no values, but the kernel sized a buffer by its rows:

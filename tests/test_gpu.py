@@ -302,6 +302,7 @@ def test_every_computing_layer_type_is_covered():
                for t, _, _ in LAYER_CASES.values()}
     data = {"Input", "Data", "DummyData", "ImageData", "MemoryData", "HDF5Data", "Silence",
             "WindowData", "HDF5Output"}
+    data.add("Python")  # runs the user's code (tests/test_python_layer.py)
     missing = sorted(set(registered_types()) - covered - data)
     assert not missing, "layer types without a GPU-vs-CPU case: %s" % missing
 
@@ -549,3 +550,106 @@ def test_solver_iterations_gpu_match_cpu(solver_type, engine, monkeypatch):
     np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-9)
     for i, (c, g) in enumerate(zip(cpu_params, gpu_params)):
         assert_close(g, c, 1e-9, "param %d after 4 iterations" % i)
+
+
+# -- training without host waits (issue: no per-iteration synchronisation) --------------
+def test_training_reads_label_checks_one_iteration_later(tmp_path):
+    """In training the device-side label checks are read at the next forward (or the
+    next snapshot/display): the error still names the layer, the label and the
+    iteration, and no snapshot is written from the bad iteration."""
+    from pyfacelayers.solvers import get_solver
+    _mode(cupy)
+    text = SOLVER % "SGD" + 'snapshot: 1 snapshot_prefix: "%s"' % (tmp_path / "s")
+    solver = get_solver(text, dtype=np.float32)
+    net = solver.net
+    rng = np.random.default_rng(0)
+    net.blobs["data"].data = rng.standard_normal(net.blobs["data"].shape)
+    labels = rng.integers(0, 5, 8).astype(np.float32)
+    labels[3] = 7
+    net.blobs["label"].data = labels
+    assert all(layer.defer_checks for layer in net.layers)
+    with pytest.raises(LayerError, match=r"fc6.*label 3 is 7\.0.*iteration 1"):
+        solver.step(2)
+    assert not list(tmp_path.glob("s_iter_*"))  # the snapshot of iteration 1 was refused
+
+
+def test_a_net_outside_training_checks_labels_at_once():
+    _mode(cupy)
+    layer = MarginInnerProduct.from_args(num_output=5, type="QUADRUPLE",
+                                         weight_filler={"type": "xavier"})
+    bottom = [Blob((4, 3)), Blob((4,))]
+    bottom[0].data = np.ones((4, 3), np.float32)
+    bottom[1].data = np.array([0, 1, 9, 2], np.float32)
+    top = [Blob((1,))]
+    layer.setup(bottom, top)
+    layer.reshape(bottom, top)
+    with pytest.raises(LayerError, match=r"label 2 is 9\.0"):
+        layer.forward(bottom, top)
+
+
+def test_data_layer_batches_reach_the_gpu_through_pinned_memory(tmp_path):
+    """HDF5Data on the GPU (copied through gpu/feed.py, nothing waited for) gives the
+    CPU's batches, in order, over several forwards queued back to back."""
+    h5py = pytest.importorskip("h5py")
+    from pyfacelayers.net import Net
+    path = tmp_path / "d.h5"
+    values = np.arange(10 * 3 * 2 * 2, dtype=np.float32).reshape(10, 3, 2, 2)
+    with h5py.File(path, "w") as f:
+        f["data"] = values
+        f["label"] = np.arange(10, dtype=np.float32)
+    (tmp_path / "list.txt").write_text(str(path) + "\n")
+    text = ('name: "h" layer { name: "d" type: "HDF5Data" top: "data" top: "label" '
+            'hdf5_data_param { source: "%s" batch_size: 4 } }' % (tmp_path / "list.txt"))
+    outputs = {}
+    for xp in (np, cupy):
+        _mode(xp)
+        net = Net(text_format.Parse(text, caffe_pb2.NetParameter()), caffe.TRAIN)
+        got = []
+        for _ in range(5):
+            net.forward()
+            got.append(xp.asarray(net.blobs["data"].data).copy())  # queued, not read
+        outputs[xp.__name__] = [_host(g) for g in got]
+    assert len(outputs["cupy"]) == 5
+    for a, b in zip(outputs["numpy"], outputs["cupy"]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_blob_device_pointers_in_gpu_mode():
+    """pycaffe's Blob._gpu_data_ptr / _gpu_diff_ptr: the device addresses of the arrays
+    (a copy through them lands in the blob)."""
+    backend.set_mode_gpu()
+    blob = Blob((2, 3), dtype=np.float32)
+    assert blob._gpu_data_ptr == blob.data.data.ptr != 0
+    assert blob._gpu_diff_ptr == blob.diff.data.ptr != blob._gpu_data_ptr
+    values = cupy.arange(6, dtype=cupy.float32)
+    cupy.cuda.runtime.memcpy(blob._gpu_diff_ptr, values.data.ptr, values.nbytes,
+                             cupy.cuda.runtime.memcpyDeviceToDevice)
+    assert cupy.asnumpy(blob.diff).ravel().tolist() == list(range(6))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_frozen_parameters_get_no_diff_on_gpu(engine, monkeypatch):
+    """Caffe's param_propagate_down on the GPU paths (im2col, cuDNN, PReLU, inner
+    product): lr_mult-0 parameters keep a zero diff, the others match the CPU."""
+    monkeypatch.setenv("PYFACELAYERS_CONV_ENGINE", engine)
+    frozen = 'param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 0 decay_mult: 0 }'
+    text = (SOLVER % "SGD").split("net_param {", 1)[1].rsplit("}", 1)[0]
+    text = text.replace('top: "conv1"\n          convolution_param',
+                        'top: "conv1" %s\n          convolution_param' % frozen)
+    text = text.replace('top: "conv1" }', 'top: "conv1" param { lr_mult: 0 } }')
+    text = text.replace('top: "fc5"\n', 'top: "fc5" %s\n' % frozen)
+    param = text_format.Parse(text, caffe_pb2.NetParameter())
+    diffs = {}
+    for xp in (np, cupy):
+        _mode(xp)
+        net = caffe.Net(param, caffe.TRAIN, seed=2, dtype=np.float64)
+        rng = np.random.default_rng(0)
+        net.blobs["data"].data = rng.standard_normal(net.blobs["data"].shape)
+        net.blobs["label"].data = rng.integers(0, 5, 8).astype(float)
+        net.forward_backward()
+        diffs[xp] = {(name, k): _host(blob.diff) for name, blobs in net.params.items()
+                     for k, blob in enumerate(blobs)}
+    for key, cpu in diffs[np].items():
+        frozen_blob = key in (("conv1", 1), ("relu1", 0), ("fc5", 1))
+        assert not cpu.any() if frozen_blob else cpu.any(), key
+        assert_close(diffs[cupy][key], cpu, TOL[np.float64], "%s param %d" % key)

@@ -12,44 +12,46 @@ namespace pfl {
 
 namespace {
 
-template <typename T>
-__global__ void prelu_forward_kernel(const T* x, const T* slope, T* y, long total, long channels,
-                                     long inner) {
-  for (long idx = (long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-       idx += (long)gridDim.x * blockDim.x) {
+// I is the index type: 32-bit when every index fits (the common case: 64-bit integer
+// division costs several times more and these passes are memory-bound only without it).
+// With ``save`` the input is also copied there (an in-place layer keeps its bottom for
+// the backward in the same pass).
+template <typename T, typename I>
+__global__ void prelu_forward_kernel(const T* x, const T* slope, T* y, T* save, I total,
+                                     I channels, I inner) {
+  for (I idx = (I)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+       idx += (I)gridDim.x * blockDim.x) {
     const T v = x[idx];
+    if (save) save[idx] = v;
     const T a = slope[(idx / inner) % channels];
     y[idx] = v > T(0) ? v : a * v;  // max(v, 0) + a * min(v, 0)
   }
 }
 
-template <typename T>
+template <typename T, typename I>
 __global__ void prelu_backward_data_kernel(const T* x, const T* dy, const T* slope, T* dx,
-                                           long total, long channels, long inner) {
-  for (long idx = (long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-       idx += (long)gridDim.x * blockDim.x) {
+                                           I total, I channels, I inner) {
+  for (I idx = (I)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+       idx += (I)gridDim.x * blockDim.x) {
     const T a = slope[(idx / inner) % channels];
     dx[idx] = dy[idx] * (x[idx] <= T(0) ? a : T(1));
   }
 }
 
-// Block (c, s) sums dy * x over x <= 0 for channel c and the images of segment s;
-// partial has channels x segments entries (summed by the caller, deterministic).
-template <typename T>
-__global__ void prelu_backward_slope_kernel(const T* x, const T* dy, T* partial, long num,
-                                            long channels, long inner, long segments) {
-  const long c = blockIdx.x;
-  const long seg = blockIdx.y;
-  const long per = (num + segments - 1) / segments;
-  const long n0 = seg * per;
-  const long n1 = n0 + per < num ? n0 + per : num;
+template <typename T, typename I>
+__global__ void prelu_backward_slope_kernel(const T* x, const T* dy, T* partial, I num,
+                                            I channels, I inner, I segments) {
+  const I c = blockIdx.x;
+  const I seg = blockIdx.y;
+  const I per = (num + segments - 1) / segments;
+  const I n0 = seg * per;
+  const I n1 = n0 + per < num ? n0 + per : num;
   T sum = T(0);
   if (n0 < n1) {
-    const long count = (n1 - n0) * inner;
-    for (long t = threadIdx.x; t < count; t += blockDim.x) {
-      const long n = n0 + t / inner;
-      const long j = t - (t / inner) * inner;
-      const long idx = (n * channels + c) * inner + j;
+    const I count = (n1 - n0) * inner;
+    for (I t = threadIdx.x; t < count; t += blockDim.x) {
+      const I q = t / inner;
+      const I idx = ((n0 + q) * channels + c) * inner + (t - q * inner);
       const T v = x[idx];
       if (v <= T(0)) sum += dy[idx] * v;
     }
@@ -57,6 +59,9 @@ __global__ void prelu_backward_slope_kernel(const T* x, const T* dy, T* partial,
   sum = block_sum(sum);
   if (threadIdx.x == 0) partial[c * segments + seg] = sum;
 }
+
+// Whether 32-bit indices reach every element (with room for the grid stride).
+bool small_index(long total) { return total < (1L << 31); }
 
 namespace py = pybind11;
 using uptr = std::uintptr_t;
@@ -70,23 +75,26 @@ void bind(py::module_& m) {
   m.def(
       "prelu_forward",
       [](uptr x, uptr slope, uptr y, long num, long channels, long inner, bool is_double,
-         uptr stream) {
+         uptr stream, uptr save) {
         require_dims(num, channels, inner, "prelu_forward");
         const long total = num * channels * inner;
         if (total == 0) return;
         auto s = stream_of(stream);
-        if (is_double)
-          prelu_forward_kernel<double><<<grid_for(total), kThreads, 0, s>>>(
-              device_ptr<double>(x), device_ptr<double>(slope), device_ptr<double>(y), total,
-              channels, inner);
-        else
-          prelu_forward_kernel<float><<<grid_for(total), kThreads, 0, s>>>(
-              device_ptr<float>(x), device_ptr<float>(slope), device_ptr<float>(y), total,
-              channels, inner);
+        const int grid = grid_for(total);
+#define PFL_PRELU_FWD(T, I)                                                              \
+  prelu_forward_kernel<T, I><<<grid, kThreads, 0, s>>>(                                  \
+      device_ptr<T>(x), device_ptr<T>(slope), device_ptr<T>(y), device_ptr<T>(save),     \
+      static_cast<I>(total), static_cast<I>(channels), static_cast<I>(inner))
+        if (is_double) {
+          if (small_index(total)) PFL_PRELU_FWD(double, unsigned); else PFL_PRELU_FWD(double, long);
+        } else {
+          if (small_index(total)) PFL_PRELU_FWD(float, unsigned); else PFL_PRELU_FWD(float, long);
+        }
+#undef PFL_PRELU_FWD
         check_launch("prelu_forward");
       },
       py::arg("x"), py::arg("slope"), py::arg("y"), py::arg("num"), py::arg("channels"),
-      py::arg("inner"), py::arg("is_double"), py::arg("stream"));
+      py::arg("inner"), py::arg("is_double"), py::arg("stream"), py::arg("save") = 0);
   m.def(
       "prelu_backward_data",
       [](uptr x, uptr dy, uptr slope, uptr dx, long num, long channels, long inner,
@@ -95,14 +103,17 @@ void bind(py::module_& m) {
         const long total = num * channels * inner;
         if (total == 0) return;
         auto s = stream_of(stream);
-        if (is_double)
-          prelu_backward_data_kernel<double><<<grid_for(total), kThreads, 0, s>>>(
-              device_ptr<double>(x), device_ptr<double>(dy), device_ptr<double>(slope),
-              device_ptr<double>(dx), total, channels, inner);
-        else
-          prelu_backward_data_kernel<float><<<grid_for(total), kThreads, 0, s>>>(
-              device_ptr<float>(x), device_ptr<float>(dy), device_ptr<float>(slope),
-              device_ptr<float>(dx), total, channels, inner);
+        const int grid = grid_for(total);
+#define PFL_PRELU_BWD(T, I)                                                              \
+  prelu_backward_data_kernel<T, I><<<grid, kThreads, 0, s>>>(                            \
+      device_ptr<T>(x), device_ptr<T>(dy), device_ptr<T>(slope), device_ptr<T>(dx),      \
+      static_cast<I>(total), static_cast<I>(channels), static_cast<I>(inner))
+        if (is_double) {
+          if (small_index(total)) PFL_PRELU_BWD(double, unsigned); else PFL_PRELU_BWD(double, long);
+        } else {
+          if (small_index(total)) PFL_PRELU_BWD(float, unsigned); else PFL_PRELU_BWD(float, long);
+        }
+#undef PFL_PRELU_BWD
         check_launch("prelu_backward_data");
       },
       py::arg("x"), py::arg("dy"), py::arg("slope"), py::arg("dx"), py::arg("num"),
@@ -116,14 +127,17 @@ void bind(py::module_& m) {
           throw py::value_error("prelu_backward_slope: segments must be in [1, 65535]");
         auto s = stream_of(stream);
         const dim3 grid(static_cast<unsigned>(channels), static_cast<unsigned>(segments));
-        if (is_double)
-          prelu_backward_slope_kernel<double><<<grid, kThreads, 0, s>>>(
-              device_ptr<double>(x), device_ptr<double>(dy), device_ptr<double>(partial), num,
-              channels, inner, segments);
-        else
-          prelu_backward_slope_kernel<float><<<grid, kThreads, 0, s>>>(
-              device_ptr<float>(x), device_ptr<float>(dy), device_ptr<float>(partial), num,
-              channels, inner, segments);
+#define PFL_PRELU_SLOPE(T, I)                                                            \
+  prelu_backward_slope_kernel<T, I><<<grid, kThreads, 0, s>>>(                           \
+      device_ptr<T>(x), device_ptr<T>(dy), device_ptr<T>(partial), static_cast<I>(num),  \
+      static_cast<I>(channels), static_cast<I>(inner), static_cast<I>(segments))
+        const bool small = small_index(num * channels * inner);
+        if (is_double) {
+          if (small) PFL_PRELU_SLOPE(double, unsigned); else PFL_PRELU_SLOPE(double, long);
+        } else {
+          if (small) PFL_PRELU_SLOPE(float, unsigned); else PFL_PRELU_SLOPE(float, long);
+        }
+#undef PFL_PRELU_SLOPE
         check_launch("prelu_backward_slope");
       },
       py::arg("x"), py::arg("dy"), py::arg("partial"), py::arg("num"), py::arg("channels"),

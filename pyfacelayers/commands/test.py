@@ -32,7 +32,7 @@ def _make_net(args):
     from ..proto import caffe_pb2
     return Net(args.model, getattr(caffe_pb2, args.phase), weights=args.weights,
                level=args.level, stages=tuple(_common.split_stages(args.stage)),
-               allow_python_layers=getattr(args, "allow_python_layers", False))
+               allow_python_layers=getattr(args, "allow_python_layers", False) or None)
 
 
 def run(args, out=print, make_net=None):

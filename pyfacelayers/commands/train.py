@@ -79,11 +79,16 @@ class Progress:
         self.start_iter = None
         self.shown = False
         self.last = ""
+        self.drawn = 0.0  # when the tty line was last redrawn (at most 4 times a second)
 
     def __call__(self, solver, loss):
         now = time.time()
         if self.start is None:
             self.start, self.start_iter = now, solver.iter - 1
+        shown_now = solver.iter % self.every == 0 or solver.iter >= solver.param.max_iter
+        if not shown_now and (not self.tty or now - self.drawn < 0.25):
+            return  # reading the loss (and lambda) would make the host wait for a GPU
+        self.drawn = now
         done = solver.iter - self.start_iter
         rate = done / (now - self.start) if now > self.start else 0.0
         parts = ["iter %d/%d" % (solver.iter, solver.param.max_iter),
@@ -97,7 +102,7 @@ class Progress:
             self.stream.write("\r\x1b[K" + self.last)
             self.stream.flush()
             self.shown = True
-        elif solver.iter % self.every == 0 or solver.iter >= solver.param.max_iter:
+        else:
             self.stream.write(self.last + "\n")
             self.stream.flush()
 
@@ -159,7 +164,7 @@ def run(args, stream=None):
         device = _common.select_device(args.gpu, param)
         log.info("Using %s", device)
         solver = get_solver(param, source=args.solver, dtype=np.dtype(args.dtype),
-                            allow_python_layers=getattr(args, "allow_python_layers", False))
+                            allow_python_layers=getattr(args, "allow_python_layers", False) or None)
         if args.weights:
             for path in [w for w in args.weights.split(",") if w]:
                 log.info("Finetuning from %s", path)

@@ -55,7 +55,8 @@ def _open_checked(path, what):
     return mapped
 
 
-def _read_bytes(path, what):
+def read_bytes(path, what):
+    """The bytes of a binary file, after _open_checked's checks (size, text)."""
     mapped = _open_checked(path, what)
     try:
         return mapped[:]
@@ -206,11 +207,28 @@ def write_binary_proto(path, message):
 
 def read_caffemodel(path):
     """The NetParameter of a .caffemodel, upgraded from V1 ``layers`` when needed."""
-    net = read_binary_proto(path, caffe_pb2.NetParameter, "caffemodel")
+    try:
+        net = read_binary_proto(path, caffe_pb2.NetParameter, "caffemodel")
+    except FormatError as exc:
+        raise _named(exc, path, "caffemodel") from None
     if not len(net.layer) and not len(net.layers):
-        raise FormatError("the caffemodel holds no layers (truncated, or not a caffemodel)",
-                          path)
+        raise _named(FormatError("the caffemodel holds no layers (truncated, or not a "
+                                 "caffemodel)", path), path, "caffemodel")
     return upgrade_net(net, os.fspath(path))
+
+
+def _named(error, path, expected):
+    """``error`` reworded when the file is recognisably something else (a mean file
+    given as weights, a gzip file, ...): what it is, and what was expected."""
+    from .identify import identify_binary  # only on this error path
+    try:
+        found = identify_binary(read_bytes(path, expected))
+    except (FormatError, OSError, ResourceLimitError):
+        return error
+    if found.kind == expected or (found.kind == "other"
+                                  and found.description.startswith("a binary file")):
+        return error  # the file is what was expected (a damaged one), or unrecognised
+    return FormatError("this is %s, expected a %s" % (found.description, expected), path)
 
 
 def write_caffemodel(path, net_param):

@@ -38,6 +38,10 @@ def read_text_file(path):
     except UnicodeDecodeError:
         text = None
     if text is None or "\x00" in text:
+        from .identify import MAGIC
+        known = next((what for magic, what in MAGIC if raw.startswith(magic)), None)
+        if known:
+            raise FormatError("this is %s, expected a text .prototxt" % known, path)
         raise FormatError("this is a binary file, expected a text .prototxt "
                           "(is it a .caffemodel? load weights with copy_from / --weights)", path)
     return text
@@ -74,9 +78,28 @@ def _looks_like_path(source):
 def _read(source, message_class, upgrade):
     source = os.fspath(source)
     if os.path.exists(source) or _looks_like_path(source):
-        message = parse_text(read_text_file(source), message_class(), source)
-        return upgrade(message, source)
-    return upgrade(parse_text(source, message_class()), "<string>")
+        text, where = read_text_file(source), source
+    else:
+        text, where = source, "<string>"
+    try:
+        message = parse_text(text, message_class(), where)
+    except FormatError as exc:
+        raise _wrong_kind(exc, text, message_class) from None
+    return upgrade(message, where)
+
+
+def _wrong_kind(error, text, expected_class):
+    """``error`` (a parse error) reworded when the text is another Caffe message: a
+    solver given as a net, a layer without its ``layer { }``, ..."""
+    from .identify import TEXT_KINDS, identify_text  # only on this error path
+    found = identify_text(text)
+    if found.message is None or isinstance(found.message, expected_class):
+        return error
+    expected = next((d for _, cls, d in TEXT_KINDS if cls is expected_class),
+                    expected_class.DESCRIPTOR.name)
+    return FormatError("this is %s, expected %s (%s)"
+                       % (found.description, expected, error.reason),
+                       error.path, error.line, error.column)
 
 
 def read_net(source):

@@ -21,13 +21,18 @@ def _matrix(array, what, dtype=None):
     return dt
 
 
-def margin_normalize_rows(weight, labels=None):
+def margin_normalize_rows(weight, labels=None, wait=True):
     """Scale every row of the (N, K) weight to unit norm in place; ValueError naming
     the first zero-norm row (the weight is then unchanged).
 
-    With ``labels`` (M,) the labels are checked too, in the same kernels and the same
-    single device synchronisation: a label that is not an integer in [0, N) raises a
-    ValueError naming it, before anything changes (as the CPU layer's order)."""
+    With ``labels`` (M,) the labels are checked too, in the same kernels: a label that
+    is not an integer in [0, N) raises a ValueError naming it, and the weight is left
+    unchanged (as the CPU layer's order).
+
+    ``wait=False`` does not wait for the device: the verdict is copied to pinned host
+    memory behind the kernels and a :class:`PendingCheck` is returned, whose
+    ``raise_if_bad()`` gives the same error later (the training loop asks at the next
+    forward, so the host never waits for the device inside an iteration)."""
     import cupy
     dt = _matrix(weight, "margin_normalize_rows: weight")
     n, k = weight.shape
@@ -42,17 +47,43 @@ def margin_normalize_rows(weight, labels=None):
                              % (labels.shape,))
         m = labels.shape[0]
     if n == 0 or k == 0:
-        return
+        return None if wait else PendingCheck(None, None, m, n)
     inv_norm = cupy.empty(n, dtype=dt)
     flags = cupy.empty(2, dtype=cupy.int32)  # set by the kernel call
     cuda_module().margin_normalize_rows(ptr(weight), ptr(inv_norm), ptr(flags), n, k,
                                         ptr(labels) if m else 0, m, _is_double(dt), stream())
-    bad_label, bad_row = (int(v) for v in flags.get())  # the one synchronisation
-    if bad_label < m:
-        raise ValueError("label %d is %r, expected an integer in [0, %d) (num_output)"
-                         % (bad_label, float(labels[bad_label]), n))
-    if bad_row < n:
-        raise ValueError("weight row %d has zero norm (cannot be normalised)" % bad_row)
+    pending = PendingCheck(flags, labels if m else None, m, n, copy=not wait)
+    if wait:
+        pending.raise_if_bad()
+        return None
+    return pending
+
+
+class PendingCheck:
+    """The verdict of the weight-norm and label checks of one forward: the two flags
+    (and the labels, to name a bad one), read now or (``copy``) from pinned host copies
+    made behind the kernels. ``raise_if_bad()`` raises the check's ValueError."""
+
+    def __init__(self, flags, labels, m, n, copy=False):
+        from .pending import HostCopy
+        self.m, self.n = m, n
+        self._flags, self._labels, self._copy = flags, labels, None
+        if flags is not None and copy:
+            self._copy = HostCopy(flags, *([labels] if labels is not None else []))
+
+    def raise_if_bad(self):
+        if self._flags is None:
+            return
+        if self._copy is not None:
+            flags, *labels = self._copy.values()
+        else:
+            flags, labels = self._flags.get(), [self._labels]
+        bad_label, bad_row = (int(v) for v in flags)
+        if bad_label < self.m:
+            raise ValueError("label %d is %r, expected an integer in [0, %d) (num_output)"
+                             % (bad_label, float(labels[0][bad_label]), self.n))
+        if bad_row < self.n:
+            raise ValueError("weight row %d has zero norm (cannot be normalised)" % bad_row)
 
 
 def first_bad_label(labels, n):

@@ -18,16 +18,19 @@ def _dims(x, shared):
     return num, channels, inner
 
 
-def prelu_forward(x, slope, y, shared):
-    """y = max(x, 0) + a * min(x, 0); x, y (N, C, inner), slope (C,) or () if shared."""
+def prelu_forward(x, slope, y, shared, save=None):
+    """y = max(x, 0) + a * min(x, 0); x, y (N, C, inner), slope (C,) or () if shared.
+    ``save`` (GPU only): also copy x there, in the same pass (y may be x itself)."""
     dt = check(x, "prelu_forward: bottom")
     check(y, "prelu_forward: top", dt, x.shape)
+    if save is not None:
+        check(save, "prelu_forward: saved bottom", dt, x.shape)
     num, channels, inner = _dims(x, shared)
     check(slope, "prelu_forward: slope", dt)
     if slope.size != channels:
         raise ValueError("prelu_forward: %d slopes for %d channels" % (slope.size, channels))
     cuda_module().prelu_forward(ptr(x), ptr(slope), ptr(y), num, channels, inner,
-                                dt.itemsize == 8, stream())
+                                dt.itemsize == 8, stream(), ptr(save) if save is not None else 0)
 
 
 def prelu_backward(x, dy, slope, dx, slope_diff, shared):

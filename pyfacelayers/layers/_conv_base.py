@@ -21,7 +21,7 @@ import numpy as np
 from .. import limits
 from ..backend import array_module
 from ._vision_kernels import col2im, conv_out_size, im2col
-from ._vision_util import new_param_blob, wants_param_grad
+from ._vision_util import check_int_sizes, new_param_blob, wants_param_grad
 from .base import Layer
 
 # The C++ N-D kernels take at most this many spatial axes.
@@ -71,6 +71,9 @@ class ConvolutionBase(Layer):
             raise self.error("supports 1 to %d spatial axes after the channel axis %d; "
                              "bottom %s has %d" % (MAX_SPATIAL_AXES, self.channel_axis, shape,
                                                    self.num_spatial_axes))
+        check_int_sizes(self, "convolution_param",
+                        ("kernel_size", "stride", "pad", "dilation", "kernel_h", "kernel_w",
+                         "stride_h", "stride_w", "pad_h", "pad_w"))
         self.kernel = self._per_axis("kernel_size", list(cp.kernel_size), cp, "kernel_h",
                                      "kernel_w", None)
         self.stride = self._per_axis("stride", list(cp.stride), cp, "stride_h", "stride_w", 1)
@@ -143,6 +146,11 @@ class ConvolutionBase(Layer):
         in_spatial = list(first[self.channel_axis + 1:])
         out_spatial = [self._output_size(*args) for args in
                        zip(in_spatial, self.kernel, self.pad, self.stride, self.dilation)]
+        if any(s < 1 for s in out_spatial) and self.reverse_dimensions:
+            raise self.error("the output would be empty: stride * (input - 1) + dilated "
+                             "kernel - 2 * pad < 1 (input %s, kernel %s, stride %s, pad %s, "
+                             "dilation %s)" % (in_spatial, self.kernel, self.stride, self.pad,
+                                               self.dilation))
         if any(s < 1 for s in out_spatial):
             raise self.error("the (dilated) kernel %s is larger than the padded input %s"
                              % (self.kernel, in_spatial))

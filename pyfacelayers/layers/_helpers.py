@@ -47,13 +47,26 @@ def checked_labels(layer, xp, label_data, rows, inner, num_classes, ignore_label
     else:
         ignored = finite & (as_int == ignore_label)
     ok = finite & (ignored | ((as_int >= 0) & (as_int < num_classes)))
-    if not bool(ok.all()):
-        bad = tuple(int(i) for i in np.argwhere(~to_numpy(ok))[0])
-        value = float(to_numpy(labels)[bad])
+
+    def verdict(ok, labels):
+        if ok.all():
+            return
+        bad = tuple(int(i) for i in np.argwhere(~ok)[0])
+        value = float(labels[bad])
         where = "row %d" % bad[0] if inner == 1 else "row %d, position %d" % bad
         ignore = "" if ignore_label is None else " or ignore_label %d" % ignore_label
         raise layer.error("label %r at %s is out of range: expected an integer in "
                           "[0, %d)%s" % (value, where, num_classes, ignore))
+
+    if xp is not np and layer.defer_checks:
+        # Training on the GPU: read the verdict one iteration later (Layer.defer_checks),
+        # so the host does not wait for the device here.
+        from ..gpu.pending import HostCopy
+        layer.settle_checks()
+        copy = HostCopy(ok, labels)
+        layer.defer_check(lambda: verdict(*copy.values()))
+    else:
+        verdict(to_numpy(ok), to_numpy(labels))
     valid = ~ignored
     return as_int, valid
 

@@ -2,6 +2,7 @@
 whether a parameter wants its gradient."""
 
 from ..blob import Blob
+from ..proto import is_repeated
 
 
 def new_param_blob(layer, shape, filler_param, what):
@@ -21,15 +22,38 @@ def new_param_blob(layer, shape, filler_param, what):
 
 
 def wants_param_grad(layer, index):
-    """Caffe's param_propagate_down(index); every parameter by default.
+    """Caffe's param_propagate_down(index); every parameter for a layer used alone.
 
-    The net may set ``layer.param_propagate_down`` (a list of bools) to skip work
-    for frozen parameters (lr_mult 0).
+    A Net sets ``layer.param_propagate_down`` (a list of bools) by Caffe's rule:
+    False for a parameter with lr_mult 0 unless the net has ``force_backward``.
     """
     flags = getattr(layer, "param_propagate_down", None)
     if flags is None or index >= len(flags):
         return True
     return bool(flags[index])
+
+
+# Caffe reads kernel, stride, pad and dilation (uint32 in the schema) into C++ ints.
+INT32_MAX = 2147483647
+
+
+def check_int_sizes(layer, param_name, fields):
+    """Refuse (LayerError naming the field) a size over INT32_MAX, which the schema's
+    uint32 allows: Caffe would read it as a negative int, and the kernels cannot take
+    it. ``param_name``: the layer's message (``convolution_param``); ``fields``: the
+    names of its fields to check, repeated or single (checked when set)."""
+    message = getattr(layer.param, param_name)
+    for name in fields:
+        if is_repeated(message.DESCRIPTOR.fields_by_name[name]):
+            values = list(getattr(message, name))
+        else:
+            values = [getattr(message, name)] if message.HasField(name) else []
+        for i, value in enumerate(values):
+            if value > INT32_MAX:
+                index = "[%d]" % i if len(values) > 1 else ""
+                raise layer.error("%s.%s%s is %d, over %d: Caffe reads it into a 32-bit "
+                                  "int (where it would be negative)"
+                                  % (param_name, name, index, value, INT32_MAX))
 
 
 def broadcast_axes(layer, axis_param, num_axes_param, bottom, what):

@@ -30,9 +30,10 @@ def layer_class(type_name, layer_name="?"):
 
 
 def create_layer(param, phase=caffe_pb2.TRAIN, dtype=np.float32, rng=None,
-                 allow_python=False):
+                 allow_python=None):
     """Build the layer described by a LayerParameter. ``allow_python``: the caller
-    opted in to Caffe ``Python`` layers (which import and run user code)."""
+    opted in to (True) or out of (False) Caffe ``Python`` layers, which import and run
+    user code; None: the process-wide setting (layers/python_layer.py)."""
     cls = layer_class(param.type, param.name)
     if getattr(cls, "runs_user_code", False):
         return cls(param, phase=phase, dtype=dtype, rng=rng, allow=allow_python)
@@ -60,8 +61,6 @@ class Layer:
     max_num_top = None
     # Loss layers get loss_weight 1 on top[0] by default (Caffe's LossLayer).
     is_loss = False
-    # lr_mult of blobs without a param spec (BatchNorm's statistics are never learned).
-    default_lr_mult = 1.0
 
     def __init__(self, param=None, phase=caffe_pb2.TRAIN, dtype=np.float32, rng=None):
         if param is None:
@@ -93,6 +92,22 @@ class Layer:
         """Write bottom diffs (where propagate_down) and accumulate param diffs."""
 
     # -- helpers -----------------------------------------------------------------
+    # Checks that need the device's answer (e.g. a label out of range, found by a GPU
+    # kernel) may be left pending, when the solver sets defer_checks, so that the host
+    # need not wait for the device inside a training iteration; settle_checks() raises
+    # what a pending one found. The layer itself settles the previous one at its next
+    # forward.
+    defer_checks = False
+
+    def defer_check(self, check):
+        """Keep ``check()`` (which raises this layer's error) for settle_checks()."""
+        self.__dict__.setdefault("_pending_checks", []).append(check)
+
+    def settle_checks(self):
+        pending = self.__dict__.pop("_pending_checks", None)
+        for check in pending or ():
+            check()
+
     def error(self, message):
         return LayerError(self.name, self.type, message)
 

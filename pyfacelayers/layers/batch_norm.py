@@ -23,7 +23,6 @@ class BatchNormLayer(Layer):
     type = "BatchNorm"
     exact_num_bottom = 1
     exact_num_top = 1
-    default_lr_mult = 0.0  # the statistics are never learned (Caffe masks them)
 
     def layer_setup(self, bottom, top):
         bp = self.param.batch_norm_param
@@ -96,8 +95,8 @@ class BatchNormLayer(Layer):
         self.x_norm = y
 
     def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
+        # Caffe's BatchNorm writes the bottom diff whatever propagate_down says (its
+        # net runs this backward when the layer has no param specs, even over an input).
         dy = self._view(top[0].diff)
         inv_std = 1 / self.std[None, :, None]
         if self.use_global_stats:

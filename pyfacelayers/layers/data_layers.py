@@ -32,7 +32,15 @@ class _DataLayer(Layer):
     def _set_top(self, blob, values):
         values = np.asarray(values)
         blob.reshape(values.shape)
-        blob.data = values
+        if blob.xp is np:
+            blob.data = values
+            return
+        # GPU: through pinned memory and a side stream, so the host does not wait for
+        # the device's queued work (gpu/feed.py)
+        if getattr(self, "_feeder", None) is None:
+            from ..gpu.feed import DeviceFeeder
+            self._feeder = DeviceFeeder()
+        self._feeder.copy(id(blob), values, blob.data)
 
     def _transformer(self):
         return DataTransformer(self.param.transform_param, phase=self.phase, dtype=self.dtype,

@@ -39,6 +39,17 @@ class EltwiseLayer(Layer):
     def forward(self, bottom, top):
         xp = array_module(bottom[0].data)
         data = [b.data for b in bottom]
+        if self.op == _OP.SUM and all(c == 1 for c in self.coeffs):
+            # Plain sums straight into the top: one pass per bottom, no temporaries
+            # (the same values: 1 * x is x).
+            out = top[0].data
+            if len(data) == 1:
+                out[...] = data[0]
+                return
+            xp.add(data[0], data[1], out=out)
+            for x in data[2:]:
+                xp.add(out, x, out=out)
+            return
         if self.op == _OP.SUM:
             out = self.coeffs[0] * data[0]
             for c, x in zip(self.coeffs[1:], data[1:]):

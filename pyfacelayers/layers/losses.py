@@ -72,6 +72,20 @@ class SoftmaxWithLossLayer(Layer):
             n = 1
         return max(1.0, float(n))
 
+    def _normalizer_of(self, xp):
+        """The normaliser as a float; counted labels on the GPU stay there (a 0-d
+        float64 array), so reading the count does not make the host wait."""
+        if self.normalization == _NORM.VALID and self.ignore_label is not None:
+            count = self.valid.sum()
+            if xp is np:
+                return self._normalizer(int(count))
+            return xp.maximum(1.0, count.astype(np.float64))
+        # every label counts (or the mode ignores the count): no device value needed
+        return self._normalizer(None if self.normalization == _NORM.VALID else 0)
+
+    def _as_dtype(self, value):
+        return value.astype(self.dtype) if hasattr(value, "astype") else self.dtype.type(value)
+
     def forward(self, bottom, top):
         xp = array_module(bottom[0].data)
         outer, channels, inner = self.dims
@@ -82,8 +96,8 @@ class SoftmaxWithLossLayer(Layer):
                                     axis=1)[:, 0]
         logs = -xp.log(xp.maximum(picked, self.dtype.type(_FLT_MIN)))
         loss = xp.where(self.valid, logs, 0).sum(dtype=self.dtype)
-        count = int(self.valid.sum())
-        top[0].data[...] = loss / self.dtype.type(self._normalizer(count))
+        self.norm = self._normalizer_of(xp)
+        top[0].data[...] = loss / self._as_dtype(self.norm)
         if len(top) > 1:
             top[1].data[...] = self.prob.reshape(top[1].shape)
 
@@ -95,11 +109,16 @@ class SoftmaxWithLossLayer(Layer):
         xp = array_module(self.prob)
         grad = self.prob.copy()
         outer, channels, inner = self.dims
-        rows, cols = xp.nonzero(self.valid)
-        grad[rows, self.labels[rows, cols], cols] -= 1
+        # minus one at each counted label (no nonzero(): on the GPU it would wait)
+        picked = xp.where(self.valid, self.labels, 0)
+        grad[xp.arange(outer)[:, None], picked, xp.arange(inner)[None, :]] -= \
+            self.valid.astype(grad.dtype)
         grad *= self.valid[:, None, :]
-        count = int(self.valid.sum())
-        scale = self.dtype.type(loss_weight(top[0]) / self._normalizer(count))
+        if xp is np:
+            scale = self.dtype.type(loss_weight(top[0]) / self.norm)
+        else:  # the same double division, on the device
+            weight = top[0].diff.reshape(-1)[0].astype(np.float64)
+            scale = (weight / self.norm).astype(self.dtype)
         bottom[0].diff[...] = (grad * scale).reshape(bottom[0].shape)
 
     def allow_force_backward(self, bottom_index):

@@ -105,8 +105,11 @@ class MarginInnerProduct(Layer):
         self.lambda_ = None
         self.triplet_seed = None if seed is None else int(seed) % (1 << 64)
         self.triplet_draws = 0
-        # Whether the weight is learned (the net may turn it off, e.g. lr_mult 0).
+        # Whether the weight gets a diff (Caffe's param_propagate_down: the net sets it
+        # from lr_mult and force_backward).
         self.param_propagate_down = [True]
+        # A triplet layer whose weight has lr_mult 0 never replaces weight rows.
+        self.weight_frozen = False
         self._saved = None  # per-row values of the last forward, for the backward
 
     @classmethod
@@ -177,7 +180,9 @@ class MarginInnerProduct(Layer):
             self.triplet_seed = int(self.rng.integers(0, 1 << 63))
         if p.triplet and len(self.param.param) and self.param.param[0].lr_mult == 0:
             # A frozen weight stays frozen: no triplet replacement (the fork would
-            # overwrite it regardless of lr_mult), and its diff stays untouched.
+            # overwrite it regardless of lr_mult), and its diff stays untouched, even
+            # under force_backward.
+            self.weight_frozen = True
             self.param_propagate_down = [False]
 
     def reshape(self, bottom, top):
@@ -270,6 +275,16 @@ class MarginInnerProduct(Layer):
                              % (i, float(labels[i]), n))
         return labels
 
+    def _settle(self, pending, iteration):
+        """Raise what the deferred GPU check of an earlier forward found (bad label or
+        zero weight row), naming the iteration whose forward met it."""
+        try:
+            pending.raise_if_bad()
+        except ValueError as exc:
+            raise self.error("%s (found by the forward of iteration %d; the device check "
+                             "is read one iteration later in training)"
+                             % (exc, iteration)) from None
+
     def _kernel(self, fn, *args):
         try:
             return fn(*args)
@@ -291,13 +306,18 @@ class MarginInnerProduct(Layer):
 
         if xp is np:
             self._kernel(kernels.margin_normalize_rows, weight)
-        else:  # GPU: the label check shares the norms' one synchronisation (gpu helper)
-            self._kernel(kernels.margin_normalize_rows, weight, labels)
+        else:  # GPU: the label check shares the norms' kernels (gpu helper); in training
+            # its verdict is read one iteration later, so the host never waits here
+            self.settle_checks()
+            pending = self._kernel(kernels.margin_normalize_rows, weight, labels,
+                                   not self.defer_checks)
+            if pending is not None:
+                self.defer_check(lambda it=self.iteration + 1: self._settle(pending, it))
         self.iteration += 1
         lam = self.lambda_ = self._lambda()
         xp.matmul(x, weight.T, out=out)
-        saved = {"x_norm": xp.empty(m, self.dtype), "cos_y": xp.empty(m, self.dtype),
-                 "logit_y": xp.empty(m, self.dtype)}
+        rows = xp.empty((3, m), self.dtype)  # one allocation for the three per-row values
+        saved = {"x_norm": rows[0], "cos_y": rows[1], "logit_y": rows[2]}
         self._kernel(kernels.margin_forward, out, x, labels, float(lam), self.margin_type,
                      saved["x_norm"], saved["cos_y"], saved["logit_y"])
         saved["lambda"] = lam
@@ -332,7 +352,7 @@ class MarginInnerProduct(Layer):
                 self._kernel(kernels.margin_semihard_mask, bottom_diff, out,
                              saved["logit_y"], labels, self.margin_type)
 
-        if self.param_propagate_down[0]:
+        if self.param_propagate_down[0] and not self.weight_frozen:
             weight_diff = self._matrix(self.blobs[0].diff, n, k, "weight diff")
             if p.triplet:
                 self._kernel(kernels.margin_triplet_replace, weight, x, labels,

@@ -13,6 +13,7 @@ from ..backend import array_module
 from ..proto import caffe_pb2
 from ._vision_kernels import (ave_pool_backward, ave_pool_forward, max_pool_backward,
                               max_pool_forward)
+from ._vision_util import check_int_sizes
 from .base import Layer, register
 
 _P = caffe_pb2.PoolingParameter
@@ -45,6 +46,9 @@ class PoolingLayer(Layer):
                 else str(pp.pool)
             raise self.error("pooling method %s is not supported (MAX or AVE)" % name)
         self.method = pp.pool
+        check_int_sizes(self, "pooling_param", ("kernel_size", "stride", "pad", "kernel_h",
+                                                "kernel_w", "stride_h", "stride_w", "pad_h",
+                                                "pad_w"))
         self.global_pooling = pp.global_pooling
         has_k, has_kh, has_kw = (pp.HasField(f) for f in ("kernel_size", "kernel_h", "kernel_w"))
         if self.global_pooling:

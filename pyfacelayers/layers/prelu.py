@@ -61,17 +61,21 @@ class PReLULayer(Layer):
         xp = array_module(bottom[0].data)
         shape = bottom[0].shape
         x = self._view(bottom[0].data, shape)
+        kernels = _kernels(xp)  # one fused pass either way
+        y = self._view(top[0].data, shape)
         if top[0] is bottom[0]:
             # Reuse the buffer between iterations: a fresh copy each time costs a page
             # fault per 4 KiB of activations.
             if self.bottom_copy is None or self.bottom_copy.shape != x.shape \
                     or array_module(self.bottom_copy) is not xp:
                 self.bottom_copy = xp.empty_like(x)
+            if xp is not np:  # the GPU kernel keeps the bottom in the same pass
+                kernels.prelu_forward(x, self.blobs[0].data, y, self.channel_shared,
+                                      save=self.bottom_copy)
+                return
             self.bottom_copy[...] = x
             x = self.bottom_copy
-        kernels = _kernels(xp)  # one fused pass either way
-        kernels.prelu_forward(x, self.blobs[0].data, self._view(top[0].data, shape),
-                              self.channel_shared)
+        kernels.prelu_forward(x, self.blobs[0].data, y, self.channel_shared)
 
     def backward(self, top, propagate_down, bottom):
         xp = array_module(top[0].diff)

@@ -7,7 +7,11 @@
 Building it imports ``module`` (from ``sys.path`` / ``PYTHONPATH``, as pycaffe does) and
 runs its code, so a model file could run anything. It is therefore refused unless the
 caller opted in: ``caffe.Net(..., allow_python_layers=True)``, the solvers'
-``allow_python_layers=True``, or the command line's ``--allow-python-layers``.
+``allow_python_layers=True``, the command line's ``--allow-python-layers``, or for the
+whole process (unchanged pycaffe scripts) ``pyfacelayers.allow_python_layers(True)`` or
+the environment variable ``PYFACELAYERS_ALLOW_PYTHON_LAYERS=1``. The default is off for
+the reason ``torch.load`` defaults to weights only: opening a model file someone sent
+you should not run their code.
 
 When allowed it follows pycaffe's interface: the class is called with the
 LayerParameter, gets ``param_str``, ``phase`` and ``blobs`` (a list with
@@ -19,9 +23,31 @@ In GPU mode the blobs' arrays are cupy arrays.
 """
 
 import importlib
+import os
 
 from ..blob import Blob
 from .base import Layer, register
+
+ENV_VAR = "PYFACELAYERS_ALLOW_PYTHON_LAYERS"
+_process_setting = {"allow": None}  # allow_python_layers(); None: the environment decides
+
+
+def allow_python_layers(allow=True):
+    """Let every net built afterwards in this process build Caffe ``Python`` layers (or,
+    with False, refuse them again, whatever the environment says). A keyword given to
+    ``Net``, a solver or the command line still wins for that net. None: back to the
+    environment variable PYFACELAYERS_ALLOW_PYTHON_LAYERS (1, true, yes or on)."""
+    _process_setting["allow"] = None if allow is None else bool(allow)
+
+
+def python_layers_allowed(explicit=None):
+    """Whether Python layers may be built: ``explicit`` when given (a caller's keyword),
+    else the process setting, else the environment variable (off when unset)."""
+    if explicit is not None:
+        return bool(explicit)
+    if _process_setting["allow"] is not None:
+        return _process_setting["allow"]
+    return os.environ.get(ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class BlobVec(list):
@@ -41,19 +67,21 @@ class PythonLayer(Layer):
     type = "Python"
     runs_user_code = True  # create_layer passes the caller's opt-in
 
-    def __init__(self, param=None, phase=None, dtype=None, rng=None, allow=False):
+    def __init__(self, param=None, phase=None, dtype=None, rng=None, allow=None):
         self.impl = None
         kwargs = {k: v for k, v in (("phase", phase), ("dtype", dtype), ("rng", rng))
                   if v is not None}
         super().__init__(param, **kwargs)
         pp = self.param.python_param
         where = 'python_param { module: "%s" layer: "%s" }' % (pp.module, pp.layer)
-        if not allow:
+        if not python_layers_allowed(allow):
             raise self.error(
                 "%s would import and run Python code named by the model file; refused. "
                 "Allow it only for files you trust: caffe.Net(..., allow_python_layers="
-                "True), get_solver(..., allow_python_layers=True), or the command line's "
-                "--allow-python-layers" % where)
+                "True), get_solver(..., allow_python_layers=True), the command line's "
+                "--allow-python-layers, or for the whole process pyfacelayers."
+                "allow_python_layers(True) or the environment variable %s=1"
+                % (where, ENV_VAR))
         if not pp.module or not pp.layer:
             raise self.error("%s: both module and layer are required" % where)
         try:

@@ -121,10 +121,14 @@ class SplitLayer(Layer):
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        total = top[0].diff
-        for t in top[1:]:
-            total = total + t.diff  # summed in top order, as Caffe
-        bottom[0].diff[...] = total
+        out = bottom[0].diff  # summed in top order, as Caffe, without temporaries
+        if len(top) == 1:
+            out[...] = top[0].diff
+            return
+        xp = array_module(out)
+        xp.add(top[0].diff, top[1].diff, out=out)
+        for t in top[2:]:
+            xp.add(out, t.diff, out=out)
 
 
 class _View(Layer):

@@ -19,6 +19,7 @@ from .. import backend, limits
 from ..proto import caffe_pb2
 from . import snapshot as snap
 from ..fileio import read_net, read_solver
+from ..layers.python_layer import python_layers_allowed
 from .lr_policy import SolverError, check_lr_policy, learning_rate
 
 log = logging.getLogger("pyfacelayers")
@@ -27,7 +28,7 @@ TRAIN_NET_FIELDS = ("net", "net_param", "train_net", "train_net_param")
 
 
 def make_net(net_param, phase, level=0, stages=(), dtype=np.float32, seed=None,
-             allow_python_layers=False):
+             allow_python_layers=None):
     """Build a Net (pyfacelayers.net.Net); tests replace this with a fake net."""
     from ..net import Net
     return Net(net_param, phase, level=level, stages=tuple(stages), dtype=dtype, seed=seed,
@@ -52,7 +53,7 @@ class Solver:
     rule_class = None
 
     def __init__(self, solver, dtype=np.float32, net_factory=None, source=None,
-                 allow_python_layers=False):
+                 allow_python_layers=None):
         if isinstance(solver, caffe_pb2.SolverParameter):
             self.param = caffe_pb2.SolverParameter()
             self.param.CopyFrom(solver)
@@ -62,14 +63,14 @@ class Solver:
             self.param = read_solver(solver)
         self._where = "solver %s" % (self._source or "(SolverParameter)")
         self.dtype = np.dtype(dtype)
-        self.allow_python_layers = bool(allow_python_layers)
+        self.allow_python_layers = python_layers_allowed(allow_python_layers)
         self._net_factory = net_factory or (lambda *a, **k: make_net(*a, **k))
         self.rule = self.rule_class(self.param)
         self._check_param()
         self.iter = 0
         self.current_step = 0
         self.lr = None            # the rate of the latest update (float, in the Dtype)
-        self.smoothed_loss = 0.0
+        self.smoothed_loss = 0.0  # (a property: see _update_smoothed_loss)
         self._losses = []
         self._callbacks = []      # pycaffe's (on_start, on_gradients) pairs
         self._iteration_callbacks = []
@@ -85,6 +86,8 @@ class Solver:
         log.info("Initializing solver from parameters: %s", self._where)
         seed = self.param.random_seed if self.param.random_seed >= 0 else None
         self.net = self._init_train_net(seed)
+        for layer in self.net.layers:  # settled at display, test, snapshot and the end
+            layer.defer_checks = True
         self.test_nets = self._init_test_nets(seed)
         log.info("Solver scaffolding done.")
         params = self.net.learnable_params
@@ -254,6 +257,11 @@ class Solver:
         # Stored as Caffe stores it (a float32 field); used from the next update on.
         self.param.base_lr = float(value)
 
+    def share_weights(self, net):
+        """pycaffe's Solver.share_weights: ``net`` uses this solver's training-net
+        parameters for layers of the same name (Net::ShareTrainedLayersWith)."""
+        net.share_with(self.net)
+
     def add_callback(self, on_start, on_gradients):
         """pycaffe's add_callback: ``on_start()`` before each iteration's
         ForwardBackward, ``on_gradients()`` after it, before the update."""
@@ -310,9 +318,12 @@ class Solver:
                 on_start()
             display = p.display and self.iter % p.display == 0
             loss = 0.0
+            # Our Net leaves a GPU loss on the device (no wait); other nets give floats.
+            forward_backward = getattr(self.net, "_forward_backward",
+                                       self.net.forward_backward)
             for _ in range(p.iter_size):
-                loss += float(self.net.forward_backward())
-            loss /= p.iter_size
+                loss = loss + forward_backward()
+            loss = loss / p.iter_size
             self._update_smoothed_loss(loss, start_iter)
             if display:
                 self._log_train_outputs()
@@ -331,18 +342,52 @@ class Solver:
                 self.requested_early_exit = True
                 break
 
+    # Caffe's UpdateSmoothedLoss. A GPU loss is a 0-d device array: reading it would
+    # make the host wait for the device every iteration, so such losses are queued and
+    # folded in, with the same arithmetic and in order, only when the smoothed loss is
+    # read (display lines, the end of step(), callbacks that ask for it).
     def _update_smoothed_loss(self, loss, start_iter):
+        self._unsettled.append((loss, self.iter - start_iter))
+        if isinstance(loss, float):
+            self._settle_losses()
+
+    @property
+    def smoothed_loss(self):
+        self._settle_losses()
+        return self._smoothed_loss
+
+    @smoothed_loss.setter
+    def smoothed_loss(self, value):
+        self._unsettled = []
+        self._smoothed_loss = float(value)
+
+    def _settle_losses(self):
+        if not self._unsettled:
+            return
+        pending, self._unsettled = self._unsettled, []
+        on_device = [loss for loss, _ in pending if not isinstance(loss, float)]
+        if on_device:  # one transfer for all of them
+            import cupy
+            values = iter(cupy.stack(on_device).get().tolist())
         average = self.param.average_loss
-        if len(self._losses) < average:
-            self._losses.append(loss)
-            size = len(self._losses)
-            self.smoothed_loss = (self.smoothed_loss * (size - 1) + loss) / size
-        else:
-            idx = (self.iter - start_iter) % average
-            self.smoothed_loss += (loss - self._losses[idx]) / average
-            self._losses[idx] = loss
+        for loss, position in pending:
+            loss = loss if isinstance(loss, float) else next(values)
+            if len(self._losses) < average:
+                self._losses.append(loss)
+                size = len(self._losses)
+                self._smoothed_loss = (self._smoothed_loss * (size - 1) + loss) / size
+            else:
+                idx = position % average
+                self._smoothed_loss += (loss - self._losses[idx]) / average
+                self._losses[idx] = loss
+
+    def _settle_checks(self):
+        settle = getattr(self.net, "settle_checks", None)  # nets of our own kind
+        if settle is not None:
+            settle()
 
     def _log_train_outputs(self):
+        self._settle_checks()
         lapse = time.time() - self._timer
         per_s = (self.iter - self._iterations_last) / (lapse or 1.0)
         log.info("Iteration %d (%s iter/s, %ss/%d iters), loss = %s", self.iter, _fmt(per_s),
@@ -370,6 +415,7 @@ class Solver:
             self.restore(resume_file)
         start_iter = self.iter
         self.step(p.max_iter - self.iter)
+        self._settle_checks()
         snapshotted_now = p.snapshot and self.iter % p.snapshot == 0
         if p.snapshot_after_train and not snapshotted_now:
             self.snapshot()
@@ -396,6 +442,7 @@ class Solver:
 
     # -- testing ---------------------------------------------------------------------
     def test_all(self):
+        self._settle_checks()
         for i in range(len(self.test_nets)):
             if self.requested_early_exit:
                 break
@@ -525,6 +572,7 @@ class Solver:
         """Write <prefix>_iter_<N>.caffemodel, the .solverstate and its side file (with
         ``snapshot_format: HDF5``: .caffemodel.h5 and .solverstate.h5, as Caffe).
         Returns the solverstate path."""
+        self._settle_checks()  # nothing is saved from an iteration that met an error
         if self._in_update:
             raise SolverError("cannot snapshot in the middle of an update")
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
