@@ -36,8 +36,9 @@ MARKER = re.compile(r"<!--\s*docs-test:\s*(run|parse|user-data)\b(.*?)-->", re.S
 FENCE = re.compile(r"^(\s*)```+\s*([\w+-]*)\s*$")
 # Programs whose commands are not checked beyond being named (installers, shell tools).
 UNCHECKED = {"pip", "cd", "export", "git", "find", "sort", "ls", "cat", "mkdir", "sed",
-             "nice", "cp", "rm", "echo"}
-EXTERNAL_MODULES = {"pytest", "pip"}  # python -m of other projects
+             "nice", "cp", "rm", "echo", ".", "source"}
+EXTERNAL_MODULES = {"pytest", "pip", "venv"}  # python -m of other projects
+REPO_ENTRIES = set(os.listdir(ROOT))  # a script outside these is the user's own
 
 
 class Block:
@@ -194,7 +195,7 @@ def check_command(words, what):
                 path = base + ".py" if os.path.isfile(base + ".py") else \
                     os.path.join(base, "__main__.py")
                 check_script(path, argv[2:], what)
-        else:
+        elif argv[0].split("/")[0] in REPO_ENTRIES:
             check_script(os.path.join(ROOT, argv[0]), argv[1:], what)
     elif program == "bash":
         assert os.path.isfile(os.path.join(ROOT, argv[0])), "%s: no %s" % (what, argv[0])
