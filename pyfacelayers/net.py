@@ -118,6 +118,9 @@ class Net:
         if seed is None:
             seed = _random["seed"]
         self.allow_python_layers = bool(allow_python_layers)
+        # pycaffe's per-layer hooks (Net.before_forward(fn), ...): fn(layer index).
+        self._hooks = {"before_forward": [], "after_forward": [],
+                       "before_backward": [], "after_backward": []}
         # Every blob of this net counts against one memory budget (pyfacelayers.limits).
         self._ledger = limits.Ledger()
         with limits.tracking(self._ledger):
@@ -306,7 +309,10 @@ class Net:
         """Run layers start..end (inclusive); returns the weighted loss."""
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
+        hooks = self._hooks
         for i in range(start, end + 1):
+            for fn in hooks["before_forward"]:
+                fn(i)
             layer, bottom, top = self.layers[i], self._bottoms[i], self._tops[i]
             self._ledger.layer = (layer.name, layer.type)  # names it in a size refusal
             layer.reshape(bottom, top)
@@ -314,14 +320,35 @@ class Net:
             for j, weight in self._loss_weights[i]:
                 top[j].diff[...] = weight
                 loss += weight * float(top[j].data.sum())
+            for fn in hooks["after_forward"]:
+                fn(i)
         return loss
 
     def backward_from_to(self, start=None, end=0):
         start = len(self.layers) - 1 if start is None else start
+        hooks = self._hooks
         for i in range(start, end - 1, -1):
+            for fn in hooks["before_backward"]:
+                fn(i)
             if self._layer_need_backward[i]:
                 self.layers[i].backward(self._tops[i], self._bottom_need_backward[i],
                                         self._bottoms[i])
+            for fn in hooks["after_backward"]:
+                fn(i)
+
+    # pycaffe's hooks: fn(i) before/after layer i runs forward/backward (Caffe calls
+    # them for every layer in the range, whether or not it needs a backward).
+    def before_forward(self, fn):
+        self._hooks["before_forward"].append(fn)
+
+    def after_forward(self, fn):
+        self._hooks["after_forward"].append(fn)
+
+    def before_backward(self, fn):
+        self._hooks["before_backward"].append(fn)
+
+    def after_backward(self, fn):
+        self._hooks["after_backward"].append(fn)
 
     # pycaffe's private bindings (Net::ForwardFromTo / BackwardFromTo by layer index),
     # which scripts use to run one layer at a time.
