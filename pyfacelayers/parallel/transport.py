@@ -17,8 +17,10 @@ import json
 
 import numpy as np
 
+from ..errors import PyFaceLayersError
 
-class TransportError(RuntimeError):
+
+class TransportError(PyFaceLayersError, RuntimeError):
     """A transport cannot be set up or a collective failed."""
 
 
