@@ -200,8 +200,8 @@ def test_a_killed_rank_stops_the_job_and_the_last_snapshot_resumes(tmp_path):
     try:
         log_text, pids = "", {}
         deadline = time.time() + 60
-        while time.time() < deadline and not (len(pids) == 2 and os.path.exists(
-                "%s_iter_4.solverstate" % prefix)):
+        while time.time() < deadline and job.poll() is None and not (
+                len(pids) == 2 and os.path.exists("%s_iter_4.solverstate" % prefix)):
             time.sleep(0.1)
             if os.path.exists(tmp_path / "k.log"):
                 log_text = open(tmp_path / "k.log").read()
@@ -225,3 +225,288 @@ def test_a_killed_rank_stops_the_job_and_the_last_snapshot_resumes(tmp_path):
                                      snapshot=iteration + 2)
     _train(["--solver", resumed, "--snapshot", latest], ranks=2)
     assert os.path.exists("%s_iter_%d.caffemodel" % (resumed_prefix, iteration + 2))
+
+
+@needs_mpi
+@pytest.mark.parametrize("signal_name,effect,stops", [("SIGHUP", "snapshot", False),
+                                                      ("SIGINT", "stop", True)])
+def test_a_signal_to_one_rank_acts_on_the_whole_job(tmp_path, signal_name, effect, stops):
+    """A signal reaching rank 1 alone: every rank snapshots (or stops) after the same
+    iteration, and rank 0 writes the files."""
+    solver, prefix = _setup(tmp_path / "s", "s", batch=4, iters=100000 if stops else 400,
+                            snapshot=0)
+    flag = "--" + signal_name.lower() + "_effect"
+    command = [MPIEXEC, "-n", "2", sys.executable, "-m", "pyfacelayers", "train",
+               "--solver", solver, "--log", str(tmp_path / "s.log"), flag, effect]
+    job = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        pids, deadline = {}, time.time() + 60
+        while time.time() < deadline and len(pids) < 2 and job.poll() is None:
+            time.sleep(0.1)
+            if os.path.exists(tmp_path / "s.log"):
+                text = open(tmp_path / "s.log").read()
+                if "Iteration 3 " in text:
+                    pids = {int(r): int(p) for r, p in re.findall(r"Rank (\d+): pid (\d+)",
+                                                                  text)}
+        assert len(pids) == 2
+        os.kill(pids[1], getattr(signal, signal_name))
+        out, _ = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    assert job.returncode == 0, out
+    # (the snapshot after training, at iteration 400, aside)
+    written = [i for i in snap.snapshot_iterations(prefix) if i != 400]
+    assert len(written) == 1, (written, out)
+    iteration = written[0]
+    extra = snap.read_extra("%s_iter_%d.solverstate" % (prefix, iteration), iteration)
+    assert extra["solver_count"] == 2
+    log_text = open(tmp_path / "s.log").read()
+    if stops:
+        assert "Stopped at iteration %d" % iteration in out
+        assert "Optimization stopped early." in log_text
+    else:
+        assert "Optimization Done." in log_text
+
+
+def test_bad_gpu_lists_are_refused_clearly():
+    with pytest.raises(ValueError, match="GPU 0 is listed twice"):
+        launch.parse_gpus("0,0", count=4)
+    with pytest.raises(ValueError, match="there is no GPU 2 \\(this machine has 2 CUDA "
+                                         "devices: 0, 1\\)"):
+        launch.parse_gpus("0,2", count=2)
+    with pytest.raises(ValueError, match="'x' is not a device id"):
+        launch.parse_gpus("0,x", count=2)
+    assert launch.parse_gpus("all", count=3) == [0, 1, 2]
+    assert launch.parse_gpus("1,0", count=2) == [1, 0]
+
+
+def _cli_error(args, env_extra=None, tmp_path=None):
+    env = _env()
+    env.update(env_extra or {})
+    done = subprocess.run([sys.executable, "-m", "pyfacelayers", "train"] + args, env=env,
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode != 0
+    return done.stderr
+
+
+def test_gpu_list_without_cupy_or_nccl_names_the_extra(tmp_path):
+    import importlib.util
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("cupy is installed here: bench/parallel_gpu_check.sh covers the GPU path")
+    solver, _ = _setup(tmp_path / "g", "g", batch=4)
+    err = _cli_error(["--solver", solver, "--gpu", "0,1"])
+    assert "--gpu needs cupy" in err and "pyfacelayers[gpu]" in err
+    err = _cli_error(["--solver", solver, "--gpu", "0,0"])
+    assert "GPU 0 is listed twice" in err
+
+
+def test_mpi_launcher_without_the_extra_names_it(tmp_path):
+    """Started by an MPI launcher (its variables set) where mpi4py cannot be imported."""
+    blocker = tmp_path / "blocked"
+    (blocker / "mpi4py").mkdir(parents=True)
+    (blocker / "mpi4py" / "__init__.py").write_text("raise ImportError('no MPI here')\n")
+    solver, _ = _setup(tmp_path / "m", "m", batch=4)
+    err = _cli_error(["--solver", solver], {"PMI_SIZE": "2", "PMI_RANK": "0",
+                                            "PYTHONPATH": str(blocker) + os.pathsep + ROOT})
+    assert "started by an MPI launcher (2 ranks) but mpi4py cannot be imported" in err
+    assert "pip install 'pyfacelayers[mpi]'" in err
+
+
+def test_supervisor_stops_the_other_ranks_and_names_the_dead_one():
+    import io
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    children = [subprocess.Popen(sleeper) for _ in range(3)]
+    stream = io.StringIO()
+    children[1].kill()
+    start = time.time()
+    code = launch.supervise(children, ["rank %d (GPU %d)" % (r, r) for r in range(3)],
+                            stream, grace_seconds=5)
+    assert time.time() - start < 10
+    assert code == 128 + signal.SIGKILL
+    assert "rank 1 (GPU 1) (pid %d) was killed by SIGKILL; stopping the other ranks" \
+        % children[1].pid in stream.getvalue()
+    assert all(child.poll() is not None for child in children)
+
+
+def test_supervisor_returns_zero_when_every_rank_finishes():
+    import io
+    children = [subprocess.Popen([sys.executable, "-c", "pass"]) for _ in range(2)]
+    assert launch.supervise(children, ["a", "b"], io.StringIO()) == 0
+
+
+# -- the pieces, in one process ---------------------------------------------------------
+
+@pytest.fixture
+def two_ranks():
+    """Pretend to be rank ``r`` of 2 (the data layers' view), restoring after."""
+    def become(rank):
+        world.set_size(2)
+        world.set_rank(rank)
+    yield become
+    world.reset()
+
+
+def _labels_read(net_text, tmp_path, batches=2):
+    path = tmp_path / "n.prototxt"
+    path.write_text(net_text)
+    net = caffe.Net(str(path), caffe.TRAIN)
+    out = []
+    for _ in range(batches):
+        net.forward()
+        out.append(net.blobs["label"].data.ravel().astype(int).tolist())
+    del net
+    import gc
+    gc.collect()  # (lmdb opens a database once per process)
+    return out
+
+
+def test_lmdb_records_are_dealt_k_mod_n(tmp_path, two_ranks):
+    _make_db(tmp_path / "db")
+    text = ('layer { name: "d" type: "Data" top: "data" top: "label" data_param { '
+            'source: "%s" batch_size: 3 backend: LMDB } }' % (tmp_path / "db"))
+    alone = _labels_read(text.replace("batch_size: 3", "batch_size: 6"), tmp_path)
+    two_ranks(0)
+    rank0 = _labels_read(text, tmp_path)
+    two_ranks(1)
+    rank1 = _labels_read(text, tmp_path)
+    for whole, r0, r1 in zip(alone, rank0, rank1):
+        assert r0 == whole[0::2] and r1 == whole[1::2]
+
+
+def test_memory_data_rows_are_dealt_k_mod_n(tmp_path, two_ranks):
+    text = ('layer { name: "m" type: "MemoryData" top: "data" top: "label" '
+            'memory_data_param { batch_size: 2 channels: 1 height: 1 width: 1 } }')
+    path = tmp_path / "m.prototxt"
+    path.write_text(text)
+    data = np.arange(8, dtype=np.float32).reshape(8, 1, 1, 1)
+    two_ranks(1)
+    net = caffe.Net(str(path), caffe.TRAIN)
+    net.set_input_arrays(data, np.arange(8, dtype=np.float32))
+    seen = []
+    for _ in range(3):
+        net.forward()
+        seen.append(net.blobs["label"].data.ravel().astype(int).tolist())
+    assert seen == [[1, 3], [5, 7], [1, 3]]
+    with pytest.raises(caffe.layers.base.LayerError if hasattr(caffe.layers, "base")
+                       else Exception, match="multiple of batch_size 2 x 2 ranks"):
+        net.set_input_arrays(data[:6], np.arange(6, dtype=np.float32))
+
+
+def test_hdf5_rows_are_dealt_k_mod_n(tmp_path, two_ranks):
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f["data"] = np.zeros((10, 1), np.float32)
+        f["label"] = np.arange(10, dtype=np.float32)
+    (tmp_path / "list.txt").write_text(str(tmp_path / "a.h5") + "\n")
+    text = ('layer { name: "h" type: "HDF5Data" top: "data" top: "label" '
+            'hdf5_data_param { source: "%s" batch_size: 3 } }' % (tmp_path / "list.txt"))
+    two_ranks(1)
+    assert _labels_read(text, tmp_path, 3) == [[1, 3, 5], [7, 9, 1], [3, 5, 7]]
+
+
+def test_image_data_shuffles_with_the_rank_seed_or_deals_lines(tmp_path, two_ranks):
+    from PIL import Image
+    lines = []
+    for i in range(6):
+        Image.fromarray(np.full((2, 2, 3), i, np.uint8)).save(tmp_path / ("%d.png" % i))
+        lines.append("%d.png %d" % (i, i))
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+
+    def text(shuffle):
+        return ('layer { name: "i" type: "ImageData" top: "data" top: "label" '
+                'image_data_param { source: "%s" root_folder: "%s/" batch_size: 3 '
+                'shuffle: %s } }' % (tmp_path / "list.txt", tmp_path, shuffle))
+    two_ranks(1)
+    assert _labels_read(text("false"), tmp_path) == [[1, 3, 5], [1, 3, 5]]
+    # With shuffle each rank has its own order, from random_seed + rank (the solver's).
+    caffe.set_random_seed(11)
+    mine = _labels_read(text("true"), tmp_path)
+    caffe.set_random_seed(11)
+    again = _labels_read(text("true"), tmp_path)
+    assert mine == again and sorted(mine[0] + mine[1]) == list(range(6))
+
+
+def test_solver_seeds_rank_r_with_random_seed_plus_r(tmp_path, two_ranks, monkeypatch):
+    solver_path, _ = _setup(tmp_path / "seed", "seed", batch=4)
+    seeds = []
+    from pyfacelayers.solvers import solver as solver_module
+    real = solver_module.make_net
+
+    def spy(*args, **kwargs):
+        seeds.append(kwargs.get("seed"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(solver_module, "make_net", spy)
+    two_ranks(1)
+    caffe.get_solver(solver_path)
+    assert seeds == [8]
+
+
+class _Recorder(Transport):
+    """A transport of 2 ranks whose peer holds given arrays: sums against them."""
+
+    name = "recorder"
+
+    def __init__(self, peer):
+        self.rank, self.size, self.peer, self.calls = 0, 2, peer, []
+
+    def allreduce_sum(self, array):
+        self.calls.append(array.size)
+        array += self.peer(array)
+
+    def broadcast(self, array, root=0):
+        self.calls.append(("bcast", array.size))
+
+
+@pytest.mark.parametrize("layer_wise", [True, False])
+def test_data_parallel_reduces_every_param_once_and_averages(tmp_path, layer_wise):
+    """With a peer whose gradients are twice ours, the update uses 1.5x ours; a layer-wise
+    reduce runs once per layer owning params, and only on the last iter_size pass."""
+    solver_path, _ = _setup(tmp_path / "dp", "dp", batch=4, layer_wise=layer_wise)
+    text = open(solver_path).read() + "iter_size: 2\n"
+    open(solver_path, "w").write(text)
+    try:
+        solver = caffe.get_solver(solver_path)
+        transport = _Recorder(lambda a: 2 * a if a.dtype == np.float32 else 0 * a + a)
+        sync = DataParallel(solver, transport)
+        solver.add_callback(sync)
+        if sync.layer_wise:
+            solver.net.after_backward(sync)
+        seen = {}
+
+        def grab():
+            seen.update({i: p.diff.copy() for i, p in enumerate(solver.net.learnable_params)})
+        solver.add_callback(lambda: None, grab)
+        local = {}
+
+        def before_reduce():
+            local.update({i: p.diff.copy() for i, p in enumerate(solver.net.learnable_params)})
+        solver._callbacks.insert(0, (lambda: None, before_reduce))
+        if layer_wise:  # the layer-wise reduce already ran: record it from the hooks
+            solver._callbacks.pop(0)
+            solver.net._hooks["after_backward"].insert(0, lambda i: i == 0 and before_reduce())
+        solver.step(1)
+    finally:
+        world.reset()
+    float_calls = [c for c in transport.calls if not isinstance(c, tuple) and c > 2]
+    owners = len(sync._owned)
+    assert len(float_calls) == (owners if layer_wise else 1)
+    for i in seen:
+        np.testing.assert_allclose(seen[i], 1.5 * local[i], rtol=1e-6)
+
+
+def test_single_process_transport_and_hooks_run_in_caffe_order(tmp_path):
+    solver_path, _ = _setup(tmp_path / "h", "h", batch=4)
+    solver = caffe.get_solver(solver_path)
+    order = []
+    net = solver.net
+    net.before_forward(lambda i: order.append(("f", i)))
+    net.after_backward(lambda i: order.append(("b", i)))
+    net.forward_backward()
+    n = len(net.layers)
+    assert order == [("f", i) for i in range(n)] + [("b", i) for i in reversed(range(n))]
+    assert SingleProcess().mean_values([2.5]) == [2.5]
+    with pytest.raises(TypeError, match="two functions .* or an object"):
+        solver.add_callback(object())
