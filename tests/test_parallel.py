@@ -37,70 +37,28 @@ def _has_mpi():
 needs_mpi = pytest.mark.skipif(not _has_mpi(), reason="needs mpi4py and mpiexec "
                                "(pip install 'pyfacelayers[mpi]')")
 
-RECORDS = 48
-CLASSES = 4
+def _fixture():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "parallel_fixture", os.path.join(ROOT, "bench", "parallel_fixture.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-NET = """name: "tiny_sphereface"
-layer { name: "data" type: "Data" top: "data" top: "label"
-  data_param { source: "%(db)s" batch_size: %(batch)d backend: LMDB }
-  transform_param { scale: 0.0078125 mean_value: 127.5 } }
-layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
-  convolution_param { num_output: 4 kernel_size: 3 stride: 2
-    weight_filler { type: "xavier" } bias_filler { type: "constant" value: 0.1 } } }
-layer { name: "relu1" type: "PReLU" bottom: "conv1" top: "conv1" }
-layer { name: "fc5" type: "InnerProduct" bottom: "conv1" top: "fc5"
-  inner_product_param { num_output: 6 weight_filler { type: "xavier" } } }
-layer { name: "fc6" type: "MarginInnerProduct" bottom: "fc5" bottom: "label" top: "fc6"
-  top: "lambda"
-  margin_inner_product_param { num_output: %(classes)d type: QUADRUPLE
-    weight_filler { type: "xavier" } base: 1000 gamma: 0.5 power: 1 lambda_min: 5 } }
-layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc6" bottom: "label" top: "loss" }
-"""
 
-SOLVER = """net: "%(net)s"
-type: "%(type)s"
-base_lr: 0.05
-lr_policy: "fixed"
-momentum: 0.9
-%(extra)s
-weight_decay: 0.0005
-max_iter: %(iters)d
-display: 1
-snapshot: %(snapshot)d
-snapshot_prefix: "%(prefix)s"
-random_seed: 7
-layer_wise_reduce: %(layer_wise)s
-"""
+FIXTURE = _fixture()
 
 
 def _make_db(path):
-    lmdb = pytest.importorskip("lmdb")
-    rng = np.random.default_rng(3)
-    env = lmdb.open(str(path), map_size=1 << 24)
-    with env.begin(write=True) as txn:
-        for i in range(RECORDS):
-            label = i % CLASSES
-            pixels = (rng.integers(0, 256, (1, 9, 9)) // 2 + 60 * label).astype(np.uint8)
-            datum = caffe.proto.caffe_pb2.Datum(channels=1, height=9, width=9, label=label,
-                                                data=pixels.tobytes())
-            txn.put(b"%08d" % i, datum.SerializeToString())
-    env.close()
+    pytest.importorskip("lmdb")
+    FIXTURE.make_db(path)
 
 
 def _setup(folder, name, batch, solver_type="SGD", iters=5, snapshot=5, layer_wise=True):
-    """A net reading the shared LMDB with ``batch`` per rank and its solver."""
-    folder.mkdir(exist_ok=True)
-    db = folder.parent / "db"
-    if not db.exists():
-        _make_db(db)
-    net = folder / (name + "_net.prototxt")
-    net.write_text(NET % {"db": db, "batch": batch, "classes": CLASSES})
-    solver = folder / (name + "_solver.prototxt")
-    extra = "momentum2: 0.999\ndelta: 1e-8" if solver_type == "Adam" else ""
-    solver.write_text(SOLVER % {"net": net, "type": solver_type, "iters": iters,
-                                "snapshot": snapshot, "prefix": folder / name, "extra": extra,
-                                "layer_wise": "true" if layer_wise else "false"})
-    return str(solver), str(folder / name)
+    """A net reading the shared LMDB with ``batch`` per rank, and its solver."""
+    pytest.importorskip("lmdb")
+    return FIXTURE.write_job(folder, name, batch, solver_type=solver_type, iters=iters,
+                             snapshot=snapshot, layer_wise=layer_wise)
 
 
 def _env():
