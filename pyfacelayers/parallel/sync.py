@@ -15,6 +15,8 @@ It is pycaffe's ``caffe.NCCL`` object too: ``solver.add_callback(nccl)`` and
 ``solver.net.after_backward(nccl)`` work as in BVLC's python/train.py.
 """
 
+import time
+
 import numpy as np
 
 from .. import backend
@@ -33,6 +35,8 @@ class DataParallel:
         self._owned = _owned_params(solver.net)
         self._pending = []
         self._passes = 0
+        # Time spent in the exchange on this process (starting, waiting, scaling): the
+        # communication that computation did not hide.
         self.reduce_seconds = 0.0
         solver.parallel = self
 
@@ -61,7 +65,6 @@ class DataParallel:
     def on_gradients_ready(self):
         if self.size == 1:
             return
-        import time
         start = time.perf_counter()
         if self.layer_wise:
             for request, flat, blobs in self._pending:
@@ -83,8 +86,10 @@ class DataParallel:
         if self._passes == self.solver.param.iter_size - 1:
             blobs = self._owned.get(layer)
             if blobs:
+                start = time.perf_counter()
                 flat = _pack([b.diff for b in blobs])
                 self._pending.append((self.transport.start_allreduce_sum(flat), flat, blobs))
+                self.reduce_seconds += time.perf_counter() - start
         if layer == 0:
             self._passes += 1
 
