@@ -31,7 +31,10 @@ class DataParallel:
         self.transport = transport or world.transport()
         if self.transport.size != world.size() or self.transport.rank != world.rank():
             world.use(self.transport)
-        self.layer_wise = bool(solver.param.layer_wise_reduce) and self.transport.size > 1
+        # A one-rank NCCL or MPI job still runs its collectives (so one GPU checks the
+        # NCCL path); only the single-process transport skips them.
+        self.active = not self.transport.trivial
+        self.layer_wise = bool(solver.param.layer_wise_reduce) and self.active
         self._owned = _owned_params(solver.net)
         self._pending = []
         self._passes = 0
@@ -51,7 +54,7 @@ class DataParallel:
     # -- pycaffe's NCCL ------------------------------------------------------------
     def bcast(self):
         """Rank 0's weights to every rank (Caffe's NCCL::Broadcast)."""
-        if self.size == 1:
+        if not self.active:
             return
         params = self.solver.net.learnable_params
         flat = _pack([p.data for p in params])
@@ -63,7 +66,7 @@ class DataParallel:
         self._pending = []
 
     def on_gradients_ready(self):
-        if self.size == 1:
+        if not self.active:
             return
         start = time.perf_counter()
         if self.layer_wise:

@@ -35,6 +35,7 @@ class Transport:
     name = "?"
     rank = 0
     size = 1
+    trivial = False  # True: no other rank can exist, so nothing needs exchanging
 
     # -- what each transport provides ---------------------------------------------
     def allreduce_sum(self, array):
@@ -60,7 +61,7 @@ class Transport:
     # -- built on them ------------------------------------------------------------
     def mean_values(self, values):
         """The mean over ranks of a few numbers (float64), one per entry of ``values``."""
-        if self.size == 1:
+        if self.trivial:
             return [float(v) for v in values]
         buffer = self.host_array(values, np.float64)
         self.allreduce_sum(buffer)
@@ -68,7 +69,7 @@ class Transport:
 
     def any_true(self, flags):
         """For each flag: whether any rank raised it."""
-        if self.size == 1:
+        if self.trivial:
             return [bool(f) for f in flags]
         buffer = self.host_array([1.0 if f else 0.0 for f in flags], np.float64)
         self.allreduce_sum(buffer)
@@ -76,7 +77,7 @@ class Transport:
 
     def allgather_json(self, value):
         """Every rank's ``value`` (JSON-serialisable), as a list in rank order."""
-        if self.size == 1:
+        if self.trivial:
             return [value]
         payload = np.frombuffer(json.dumps(value, sort_keys=True).encode("utf-8"), np.uint8)
         lengths_host = np.zeros(self.size)
@@ -101,6 +102,7 @@ class SingleProcess(Transport):
     """One rank: every collective is the identity."""
 
     name = "single process"
+    trivial = True
 
     def allreduce_sum(self, array):
         pass
