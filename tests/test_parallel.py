@@ -468,3 +468,50 @@ def test_single_process_transport_and_hooks_run_in_caffe_order(tmp_path):
     assert SingleProcess().mean_values([2.5]) == [2.5]
     with pytest.raises(TypeError, match="two functions .* or an object"):
         solver.add_callback(object())
+
+
+FAILING_LAYER = '''
+import pyfacelayers as caffe
+
+
+class FailOnRankOne(caffe.Layer):
+    """Passes its bottom through; on rank 1, raises at the fourth forward."""
+
+    def setup(self, bottom, top):
+        self.calls = 0
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        self.calls += 1
+        if caffe.solver_rank() == 1 and self.calls == 4:
+            raise RuntimeError("disk on fire")
+        top[0].data[...] = bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        bottom[0].diff[...] = top[0].diff
+'''
+
+
+@needs_mpi
+def test_an_error_on_one_rank_aborts_the_job_and_names_the_rank(tmp_path):
+    solver, prefix = _setup(tmp_path / "e", "e", batch=4, iters=1000, snapshot=0)
+    (tmp_path / "failing.py").write_text(FAILING_LAYER)
+    net = open(solver).read().split('"')[1]
+    text = open(net).read().replace(
+        'layer { name: "fc5" type: "InnerProduct" bottom: "conv1"',
+        'layer { name: "boom" type: "Python" bottom: "conv1" top: "boomed" python_param { '
+        'module: "failing" layer: "FailOnRankOne" } }\n'
+        'layer { name: "fc5" type: "InnerProduct" bottom: "boomed"')
+    open(net, "w").write(text)
+    env = _env()
+    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+    start = time.time()
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "pyfacelayers", "train",
+                           "--solver", solver, "--allow-python-layers"], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert time.time() - start < 30
+    assert done.returncode != 0
+    assert "pyfacelayers train: error: rank 1: " in done.stderr and "disk on fire" in \
+        done.stderr, done.stderr[-2000:]

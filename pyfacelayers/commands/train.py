@@ -180,6 +180,9 @@ def run(args, stream=None):
 def _abort_job(transport):
     abort = getattr(transport, "abort", None)
     if abort is not None:
+        # Give the launcher a moment to pass the message on: an abort ends every rank's
+        # output at once. The other ranks are waiting in a collective meanwhile.
+        time.sleep(1.0)
         abort(1)
     os._exit(1)
 
