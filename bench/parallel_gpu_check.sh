@@ -98,8 +98,8 @@ solver, prefix = fx.write_job(os.path.join(work, "dup"), "dup", 8, iters=4, snap
                               source="dummy")
 try:
     done = subprocess.run([sys.executable, "bench/parallel_pycaffe_train.py", "--solver",
-                           solver, "--gpus", "0", "0"], capture_output=True, text=True,
-                          timeout=75)
+                           solver, "--gpus", "0", "0", "--timeout", "45"],
+                          capture_output=True, text=True, timeout=75)
 except subprocess.TimeoutExpired:
     print("RESULT: two ranks on one GPU HUNG (killed after 75 s)"); sys.exit(1)
 text = done.stdout + done.stderr

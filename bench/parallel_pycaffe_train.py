@@ -6,13 +6,16 @@ adding the NCCL object as a solver callback (and an after_backward hook when
 layer_wise_reduce is on).
 
     python bench/parallel_pycaffe_train.py --solver S --gpus 0 [1 ...] [--snapshot F]
+                                           [--timeout SECONDS]
 
 Exit status 0 when every rank finished; a rank's failure is printed with its rank.
 """
 
 import argparse
 import multiprocessing
+import queue
 import sys
+import time
 import traceback
 
 import pyfacelayers as caffe
@@ -42,7 +45,7 @@ def rank_main(solver_path, snapshot, gpus, uid, rank, failures):
         sys.exit(1)
 
 
-def train(solver_path, snapshot, gpus):
+def train(solver_path, snapshot, gpus, timeout=300):
     uid = caffe.NCCL.new_uid()
     caffe.init_log()
     caffe.log("Using devices %s" % gpus)
@@ -54,13 +57,21 @@ def train(solver_path, snapshot, gpus):
                  for r in range(len(gpus))]
     for p in processes:
         p.start()
+    deadline = time.time() + timeout
     for p in processes:
-        p.join(timeout=300)
-        if p.is_alive():
+        p.join(timeout=max(0.0, deadline - time.time()))
+    for rank, p in enumerate(processes):
+        if p.is_alive():  # a rank stuck (e.g. NCCL waiting for a peer that failed)
             p.kill()
+            p.join()
+            failures.put("rank %d (GPU %d): still running after %d s, killed"
+                         % (rank, gpus[rank], timeout))
     messages = []
-    while not failures.empty():
-        messages.append(failures.get())
+    while True:
+        try:
+            messages.append(failures.get(timeout=0.5))
+        except queue.Empty:
+            break
     for message in messages:
         print("FAILED " + message)
     return 0 if not messages and all(p.exitcode == 0 for p in processes) else 1
@@ -71,8 +82,10 @@ def main():
     parser.add_argument("--solver", required=True)
     parser.add_argument("--snapshot")
     parser.add_argument("--gpus", type=int, nargs="+", default=[0])
+    parser.add_argument("--timeout", type=float, default=300,
+                        help="seconds before ranks still running are killed")
     args = parser.parse_args()
-    sys.exit(train(args.solver, args.snapshot, args.gpus))
+    sys.exit(train(args.solver, args.snapshot, args.gpus, args.timeout))
 
 
 if __name__ == "__main__":
