@@ -6,8 +6,9 @@ Measured (needs mpi4py + mpiexec: pip install 'pyfacelayers[mpi]'): a small
 SphereFace-style net (bench/parallel_fixture.py at 32x32, 16 channels, 128 features)
 trained by 1 rank x 1 thread and by 2 ranks x 1 thread (mpiexec -n 2) at the same
 per-rank batch: images/s, scaling efficiency (2-rank images/s / (2 x 1-rank
-images/s)), and the all-reduce time per iteration that computation did not hide, with
-layer_wise_reduce on and off.
+images/s)), the time per iteration spent in the exchange that computation did not hide
+(waiting for the slower rank included), with layer_wise_reduce on and off, and one
+all-reduce of the same bytes with the ranks lined up by a barrier first.
 
 On paper: the bytes all-reduced per iteration by SphereFace-20 and -64 (the deploy
 nets of ../shared/nets/sphereface plus the 512 x classes MarginInnerProduct) at 10,572
@@ -36,6 +37,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THRE
 # -- measured --------------------------------------------------------------------------
 def worker(args):
     """One rank: train, time, and (rank 0) print a JSON line."""
+    import numpy as np
     import pyfacelayers as caffe
     from pyfacelayers.parallel import DataParallel, world
     from pyfacelayers.parallel.mpi import MPITransport, launched_size
@@ -53,10 +55,19 @@ def worker(args):
     solver.step(args.iters)
     elapsed = time.perf_counter() - start
     elapsed = max(transport.mean_values([elapsed]) if transport.size > 1 else [elapsed])
+    params = sum(int(p.data.size) for p in solver.net.learnable_params)
+    alone = []
+    if transport.size > 1:  # the same bytes all-reduced with the ranks lined up first
+        buffer = np.zeros(params, np.float32)
+        for _ in range(20):
+            transport.comm.Barrier()
+            t = time.perf_counter()
+            transport.allreduce_sum(buffer)
+            alone.append(time.perf_counter() - t)
     if transport.rank == 0:
-        params = sum(int(p.data.size) for p in solver.net.learnable_params)
         print(json.dumps({"ranks": transport.size, "seconds": elapsed,
                           "reduce_ms": 1000 * sync.reduce_seconds / args.iters,
+                          "alone_ms": 1000 * float(np.median(alone)) if alone else None,
                           "bytes": 4 * params}))
 
 
@@ -102,14 +113,15 @@ def print_measured(rows, batch):
         _mpi_version()))
     print()
     print("| ranks x threads | layer_wise_reduce | images/s | scaling efficiency | "
-          "all-reduce not hidden, ms/iter | bytes all-reduced/iter |")
-    print("|---|---|---:|---:|---:|---:|")
+          "exchange not hidden, ms/iter | one all-reduce alone, ms | bytes all-reduced/iter |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for row in rows:
         rate = row["ranks"] * batch / (row["seconds"] / ARGS.iters)
         efficiency = rate / (row["ranks"] * base)
-        print("| %d x 1 | %s | %.0f | %.2f | %.2f | %s |" % (
+        alone = "%.2f" % row["alone_ms"] if row["alone_ms"] is not None else "-"
+        print("| %d x 1 | %s | %.0f | %.2f | %.2f | %s | %s |" % (
             row["ranks"], "on" if row["layer_wise"] else "off", rate, efficiency,
-            row["reduce_ms"], "{:,}".format(row["bytes"]) if row["ranks"] > 1 else "-"))
+            row["reduce_ms"], alone, "{:,}".format(row["bytes"]) if row["ranks"] > 1 else "-"))
 
 
 def _mpi_version():

@@ -136,6 +136,10 @@ def test_resume_with_two_ranks_and_with_one(tmp_path):
     again, again_prefix = _setup(tmp_path / "again", "again", batch=4, iters=6, snapshot=3)
     _train(["--solver", again, "--snapshot", "%s_iter_3.solverstate" % whole_prefix,
             "--log", str(tmp_path / "again.log")], ranks=2)
+    # --snapshot latest: rank 0 finds the newest set and every rank resumes it.
+    done = _train(["--solver", whole, "--snapshot", "latest"], ranks=2)
+    assert "Newest complete snapshot: %s_iter_6.solverstate" % whole_prefix in done.stderr
+    assert "restored iteration 6" in done.stderr
     p_whole, h_whole = _state(whole_prefix, 6, "SGD")
     p_again, h_again = _state(again_prefix, 6, "SGD")
     _close(p_again, p_whole)

@@ -69,6 +69,7 @@ class MPITransport(Transport):
         self.comm = comm or MPI.COMM_WORLD
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
+        self._outstanding = []  # started non-blocking all-reduces, for progress()
         local = local_rank_from_environment()
         self.local_rank = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank() \
             if local is None else local
@@ -91,7 +92,13 @@ class MPITransport(Transport):
     def start_allreduce_sum(self, array):
         host, back = self._host(array)
         request = self.comm.Iallreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
+        self._outstanding.append(request)
         return _Request(request, array, host, back)
+
+    def progress(self):
+        if self._outstanding:
+            if self.MPI.Request.Testall(self._outstanding):
+                self._outstanding = []
 
     def broadcast(self, array, root=0):
         host, back = self._host(array)

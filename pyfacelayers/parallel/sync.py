@@ -88,11 +88,13 @@ class DataParallel:
             return
         if self._passes == self.solver.param.iter_size - 1:
             blobs = self._owned.get(layer)
+            start = time.perf_counter()
             if blobs:
-                start = time.perf_counter()
                 flat = _pack([b.diff for b in blobs])
                 self._pending.append((self.transport.start_allreduce_sum(flat), flat, blobs))
-                self.reduce_seconds += time.perf_counter() - start
+            if self._pending:
+                self.transport.progress()
+            self.reduce_seconds += time.perf_counter() - start
         if layer == 0:
             self._passes += 1
 

@@ -7,6 +7,7 @@ A transport knows its ``rank`` and ``size`` and offers, on the arrays it works w
 - ``start_allreduce_sum(array)``: the same, started now and finished by the returned
   handle's ``wait()`` (layer-wise reduce overlaps it with the rest of backward);
 - ``broadcast(array, root=0)``: in place, every rank ends with root's values;
+- ``progress()``: a chance for started collectives to advance;
 - ``close()``.
 
 What the solver builds on them (means, agreement on a stop, gathering each rank's
@@ -47,6 +48,10 @@ class Transport:
 
     def broadcast(self, array, root=0):
         raise NotImplementedError
+
+    def progress(self):
+        """Let started collectives advance (MPI moves a non-blocking all-reduce only
+        inside MPI calls); called between layers of backward."""
 
     def host_array(self, values, dtype):
         """``values`` as an array this transport reduces (numpy here; NCCL: on the device)."""
