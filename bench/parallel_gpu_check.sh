@@ -88,6 +88,16 @@ print("OK: NCCL end to end with one rank")
 PYEOF
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
+stamp "== 2b. the same through fork (BVLC's train.py starts its ranks with fork)"
+solver_fork=$(ls "$OUT"/work/nccl/nccl_solver.prototxt 2>/dev/null)
+if [ -n "$solver_fork" ]; then
+  timeout 90 $PY bench/parallel_pycaffe_train.py --solver "$solver_fork" --gpus 0 \
+      --start-method fork --timeout 60 > "$OUT/fork.log" 2>&1
+  rc=$?
+  echo "fork start: exit $rc (0: pycaffe scripts that fork, as BVLC's train.py, work)"
+  [ $rc = 0 ] || tail -5 "$OUT/fork.log"
+fi
+
 stamp "== 3. two ranks on one GPU (pycaffe API, gpus 0 0)"
 timeout 90 $PY - "$OUT/work" <<'PYEOF' 2>&1 | tee "$OUT/train2.log"
 import os, subprocess, sys

@@ -6,7 +6,7 @@ adding the NCCL object as a solver callback (and an after_backward hook when
 layer_wise_reduce is on).
 
     python bench/parallel_pycaffe_train.py --solver S --gpus 0 [1 ...] [--snapshot F]
-                                           [--timeout SECONDS]
+                                           [--timeout SECONDS] [--start-method fork]
 
 Exit status 0 when every rank finished; a rank's failure is printed with its rank.
 """
@@ -45,12 +45,14 @@ def rank_main(solver_path, snapshot, gpus, uid, rank, failures):
         sys.exit(1)
 
 
-def train(solver_path, snapshot, gpus, timeout=300):
+def train(solver_path, snapshot, gpus, timeout=300, start_method="spawn"):
     uid = caffe.NCCL.new_uid()
     caffe.init_log()
     caffe.log("Using devices %s" % gpus)
-    # (spawn, not fork: a child must not inherit the parent's CUDA/NCCL state)
-    context = multiprocessing.get_context("spawn")
+    # spawn by default: a forked child inherits the parent's CUDA driver state, which
+    # CUDA does not support once initialised (BVLC's train.py forks; --start-method
+    # fork checks whether that works here).
+    context = multiprocessing.get_context(start_method)
     failures = context.Queue()
     processes = [context.Process(target=rank_main, daemon=True,
                                          args=(solver_path, snapshot, gpus, uid, r, failures))
@@ -84,8 +86,10 @@ def main():
     parser.add_argument("--gpus", type=int, nargs="+", default=[0])
     parser.add_argument("--timeout", type=float, default=300,
                         help="seconds before ranks still running are killed")
+    parser.add_argument("--start-method", choices=("spawn", "fork"), default="spawn",
+                        help="how the rank processes start (BVLC's train.py: fork)")
     args = parser.parse_args()
-    sys.exit(train(args.solver, args.snapshot, args.gpus, args.timeout))
+    sys.exit(train(args.solver, args.snapshot, args.gpus, args.timeout, args.start_method))
 
 
 if __name__ == "__main__":
