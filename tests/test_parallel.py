@@ -519,3 +519,71 @@ def test_an_error_on_one_rank_aborts_the_job_and_names_the_rank(tmp_path):
     assert done.returncode != 0
     assert "pyfacelayers train: error: rank 1: " in done.stderr and "disk on fire" in \
         done.stderr, done.stderr[-2000:]
+
+
+def test_rank_one_neither_tests_nor_writes_snapshots(tmp_path, two_ranks):
+    solver_path, prefix = _setup(tmp_path / "r1", "r1", batch=4, iters=4, snapshot=2)
+    # A test net reading a copy of the database (one process opens an LMDB once).
+    shutil.copytree(tmp_path / "db", tmp_path / "db_test")
+    text = open(solver_path).read()
+    net = text.split('"')[1]
+    test_net = net.replace("_net.prototxt", "_test_net.prototxt")
+    with open(test_net, "w") as f:
+        f.write(open(net).read().replace(str(tmp_path / "db"), str(tmp_path / "db_test")))
+    with open(solver_path, "w") as f:
+        f.write(text.replace('net: "%s"' % net, 'train_net: "%s"\ntest_net: "%s"'
+                             % (net, test_net)) + "test_iter: 1\ntest_interval: 2\n")
+    two_ranks(1)
+    solver = caffe.get_solver(solver_path)
+    transport = _Recorder(lambda a: a)
+    transport.rank = 1
+    transport.allgather_json = lambda value: [value, value]
+    sync = DataParallel(solver, transport)
+    solver.add_callback(sync)
+    tested = []
+    solver.test = lambda i=0: tested.append(i)
+    solver.solve()
+    assert solver.iter == 4 and tested == []
+    assert not os.path.exists(prefix + "_iter_2.caffemodel")
+    assert solver.last_snapshot[0] == 4  # it took part (its states went to rank 0)
+    world.set_rank(0)
+    transport.rank = 0
+    solver.step(2)
+    assert tested == [0] and os.path.exists(prefix + "_iter_6.caffemodel")
+
+
+TRANSPORT_SCRIPT = '''
+import numpy as np
+from pyfacelayers.parallel.mpi import MPITransport
+from pyfacelayers.parallel.transport import Transport
+t = MPITransport()
+r = t.rank
+# The generic gather (what NCCL uses: sums of zero-padded rows), values of unequal size.
+got = Transport.allgather_json(t, {"rank": r, "pad": "x" * (5 + 40 * r)})
+assert got == [{"rank": 0, "pad": "x" * 5}, {"rank": 1, "pad": "x" * 45}], got
+assert t.allgather_json([r]) == [[0], [1]]
+assert t.mean_values([r, 2.0]) == [0.5, 2.0]
+assert t.any_true([r == 1, False]) == [True, False]
+a = np.full(7, r + 1.0, np.float32)
+t.allreduce_sum(a)
+assert (a == 3).all()
+b = np.arange(6, dtype=np.float64).reshape(2, 3).T * (r + 1)  # not contiguous
+t.broadcast(b)
+assert (b == np.arange(6).reshape(2, 3).T).all()
+c = np.full(1000, r + 1.0, np.float64)
+request = t.start_allreduce_sum(c)
+t.progress()
+request.wait()
+assert (c == 3).all()
+print("rank", r, "ok")
+'''
+
+
+@needs_mpi
+def test_mpi_transport_collectives_and_the_generic_gather(tmp_path):
+    script = tmp_path / "t.py"
+    script.write_text(TRANSPORT_SCRIPT)
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script)], env=_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rank 0 ok" in done.stdout and "rank 1 ok" in done.stdout
