@@ -1,7 +1,8 @@
 """Data-parallel training (pyfacelayers.parallel): ``mpiexec -n 2`` against one process
 with twice the batch, snapshots and logs from rank 0 only, resume with 2 and 1 ranks, a
-rank killed mid-run, the launch errors, and the pieces (transports, sharding, the
-supervisor) in one process."""
+rank killed mid-run, signals, the launch errors, and the pieces (transports, sharding,
+the supervisor, the NCCL transport and pycaffe's NCCL object on a host-memory stand-in,
+tests/nccl_standin.py) in one process. The real NCCL path: bench/parallel_gpu_check.sh."""
 
 import os
 import re
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 import pyfacelayers as caffe
+from pyfacelayers.errors import LayerError, PyFaceLayersError
 from pyfacelayers.parallel import DataParallel, launch, world
 from pyfacelayers.parallel.transport import SingleProcess, Transport
 from pyfacelayers.solvers import snapshot as snap
@@ -352,8 +354,7 @@ def test_memory_data_rows_are_dealt_k_mod_n(tmp_path, two_ranks):
         net.forward()
         seen.append(net.blobs["label"].data.ravel().astype(int).tolist())
     assert seen == [[1, 3], [5, 7], [1, 3]]
-    with pytest.raises(caffe.layers.base.LayerError if hasattr(caffe.layers, "base")
-                       else Exception, match="multiple of batch_size 2 x 2 ranks"):
+    with pytest.raises(LayerError, match="multiple of batch_size 2 x 2 ranks"):
         net.set_input_arrays(data[:6], np.arange(6, dtype=np.float32))
 
 
@@ -587,3 +588,81 @@ def test_mpi_transport_collectives_and_the_generic_gather(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "rank 0 ok" in done.stdout and "rank 1 ok" in done.stdout
+
+
+# -- the NCCL transport against a host-memory stand-in (tests/nccl_standin.py) -----------
+
+@pytest.fixture
+def standin_nccl(monkeypatch):
+    import nccl_standin
+    calls = nccl_standin.install(monkeypatch)
+    yield calls, nccl_standin
+    world.reset()
+
+
+def test_nccl_transport_calls_on_the_standin(standin_nccl):
+    calls, standin = standin_nccl
+    from pyfacelayers.parallel.nccl import NCCLTransport, new_uid
+    assert caffe.has_nccl() and caffe.NCCL.new_uid() == new_uid()
+    assert len(new_uid()) == 128
+    t = NCCLTransport(1, 0, new_uid(), device=0)
+    current = calls.current_stream
+    host = np.arange(5, dtype=np.float32)
+    t.allreduce_sum(host)  # a host array goes to the device and comes back
+    np.testing.assert_array_equal(host, np.arange(5))
+    device = standin._device(np.ones(3))
+    t.broadcast(device)
+    assert calls[-2:] == [("allReduce", 5, 7, current), ("bcast", 3, 8, current)]
+    flat = standin._device(np.ones(4, np.float32))
+    request = t.start_allreduce_sum(flat)
+    # The side stream waits for the current one, reduces, and the current one waits
+    # for it when the result is needed.
+    side = t.stream.ptr
+    assert side != current and t.stream.non_blocking
+    assert calls[-4:] == [("record", current), ("wait", side, current),
+                          ("allReduce", 4, 7, side), ("record", side)]
+    request.wait()
+    assert calls[-1] == ("wait", current, side)
+    assert t.allgather_json({"a": 1}) == [{"a": 1}]
+    assert t.mean_values([3.0]) == [3.0]
+    with pytest.raises(PyFaceLayersError, match="unsupported dtype int16"):
+        t.allreduce_sum(np.zeros(2, np.int16))
+    t.close()
+    assert calls[-1] == ("destroy",)
+    with pytest.raises(PyFaceLayersError, match="an NCCL unique id has 128 bytes, got 3"):
+        NCCLTransport(1, 0, b"abc")
+
+
+@pytest.mark.parametrize("layer_wise", [True, False])
+def test_pycaffe_nccl_object_trains_like_the_plain_solver(tmp_path, standin_nccl,
+                                                          layer_wise):
+    """BVLC python/train.py's sequence with one rank on the stand-in: the weights equal
+    the plain solver's; the diffs go through NCCL once per owning layer per iteration
+    (layer-wise) or in one buffer."""
+    calls, _ = standin_nccl
+    solver_path, _ = _setup(tmp_path / "p", "p", batch=4, layer_wise=layer_wise)
+    plain = caffe.get_solver(solver_path)
+    plain.step(3)
+    expected = [p.data.copy() for p in plain.net.learnable_params]
+    del plain
+    import gc
+    gc.collect()  # (lmdb opens a database once per process)
+    caffe.set_solver_count(1)
+    caffe.set_solver_rank(0)
+    caffe.set_multiprocess(True)
+    solver = caffe.SGDSolver(solver_path)
+    nccl = caffe.NCCL(solver, caffe.NCCL.new_uid())
+    nccl.bcast()
+    solver.add_callback(nccl)
+    if solver.param.layer_wise_reduce:
+        solver.net.after_backward(nccl)
+    del calls[:]
+    solver.step(3)
+    for got, want in zip([p.data for p in solver.net.learnable_params], expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    params = sum(int(p.data.size) for p in solver.net.learnable_params)
+    big = [c[1] for c in calls if c[0] == "allReduce" and c[2] == 7]
+    if layer_wise:
+        assert len(big) == 3 * len(nccl._owned) and sum(big) == 3 * params
+    else:
+        assert big == [params] * 3
