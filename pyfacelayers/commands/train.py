@@ -55,7 +55,7 @@ def register(subparsers):
     group.add_argument("--snapshot", help="a .solverstate to resume training from, or "
                                           "\"latest\": the newest complete snapshot of the "
                                           "solver's snapshot_prefix, if any")
-    _common.add_device_arguments(p)
+    _common.add_device_arguments(p, several=True)
     p.add_argument("--log", metavar="FILE", help="append Caffe-style log lines to FILE")
     p.add_argument("--level", type=int, default=None, help="the train net's NetState level")
     p.add_argument("--stage", action="append", help="the train net's NetState stage(s)")
