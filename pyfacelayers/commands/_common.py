@@ -47,7 +47,8 @@ def select_device(gpu, solver_param=None):
     if ids == ["all"]:
         ids = ["0"]
     if len(ids) != 1 or not ids[0].isdigit():
-        raise ValueError("--gpu takes one device id (multi-GPU training is not supported), "
+        raise ValueError("--gpu takes one device id here (several GPUs train with pyfacelayers "
+                         "train --gpu 0,1,...), "
                          "got %r" % gpu)
     try:
         backend.set_device(int(ids[0]))
