@@ -1,6 +1,6 @@
 """Data-parallel training on the CPU, measured, and scaling out, on paper.
 
-    python bench/parallel.py [--iters 15] [--batch 16] [--paper-only]
+    python bench/parallel.py [--iters 15] [--batch 16] [--paper-only | --measured-only]
 
 Measured (needs mpi4py + mpiexec: pip install 'pyfacelayers[mpi]'): a small
 SphereFace-style net (bench/parallel_fixture.py at 32x32, 16 channels, 128 features)
@@ -29,7 +29,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-sys.path.insert(0, ROOT)
+try:  # the installed package; else this checkout's (built in place)
+    import pyfacelayers
+except ImportError:
+    sys.path.insert(0, ROOT)
+    import pyfacelayers
+# The rank processes import the same pyfacelayers as this one.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(pyfacelayers.__file__)))
+SHARED = os.environ.get("PFL_SHARED") or os.path.join(os.path.dirname(ROOT), "shared")
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -75,7 +82,7 @@ def measure(args):
     import parallel_fixture
     folder = tempfile.mkdtemp(prefix="pfl_parallel_bench_")
     env = dict(os.environ, **ONE_THREAD)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = PACKAGE_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep
                            + os.environ.get("PATH", ""))
     rows = []
@@ -172,7 +179,7 @@ def ring_seconds(nbytes, ranks, bus_bytes_per_s, latency):
 
 
 def paper():
-    nets = os.path.join(ROOT, "..", "shared", "nets", "sphereface")
+    nets = os.path.join(SHARED, "nets", "sphereface")
     found = {"SphereFace-20": os.path.join(nets, "sphereface_deploy.prototxt"),
              "SphereFace-64": os.path.join(nets, "sphereface_64_deploy.prototxt")}
     if not all(os.path.exists(p) for p in found.values()):
@@ -228,6 +235,7 @@ def main():
     parser.add_argument("--iters", type=int, default=15)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--paper-only", action="store_true")
+    parser.add_argument("--measured-only", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--solver", help=argparse.SUPPRESS)
     ARGS = parser.parse_args()
@@ -238,7 +246,8 @@ def main():
         if rows:
             print_measured(rows, ARGS.batch)
             print()
-    paper()
+    if not ARGS.measured_only:
+        paper()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from pyfacelayers.parallel import DataParallel, launch, world
 from pyfacelayers.parallel.transport import SingleProcess, Transport
 from pyfacelayers.solvers import snapshot as snap
 
+from conftest import child_env, shared_path
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep
                        + os.environ.get("PATH", ""))
@@ -63,9 +65,10 @@ def _setup(folder, name, batch, solver_type="SGD", iters=5, snapshot=5, layer_wi
                              snapshot=snapshot, layer_wise=layer_wise)
 
 
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+def _env(*paths_first):
+    """The environment of a child process importing the same pyfacelayers as the tests
+    (the installed package in CI), with ``paths_first`` ahead."""
+    env = child_env(*paths_first)
     env.pop(launch.JOB_VARIABLE, None)
     return env
 
@@ -75,7 +78,7 @@ def _train(args, ranks=1, timeout=120, check=True):
     if ranks > 1:
         command = [MPIEXEC, "-n", str(ranks)] + command
     done = subprocess.run(command, env=_env(), capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout)
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -160,7 +163,7 @@ def test_a_killed_rank_stops_the_job_and_the_last_snapshot_resumes(tmp_path):
     command = [MPIEXEC, "-n", "2", sys.executable, "-m", "pyfacelayers", "train",
                "--solver", solver, "--log", str(tmp_path / "k.log")]
     job = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+                           stderr=subprocess.STDOUT, text=True)
     try:
         log_text, pids = "", {}
         deadline = time.time() + 60
@@ -203,7 +206,7 @@ def test_a_signal_to_one_rank_acts_on_the_whole_job(tmp_path, signal_name, effec
     command = [MPIEXEC, "-n", "2", sys.executable, "-m", "pyfacelayers", "train",
                "--solver", solver, "--log", str(tmp_path / "s.log"), flag, effect]
     job = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+                           stderr=subprocess.STDOUT, text=True)
     try:
         pids, deadline = {}, time.time() + 60
         while time.time() < deadline and len(pids) < 2 and job.poll() is None:
@@ -251,7 +254,7 @@ def _cli_error(args, env_extra=None, tmp_path=None):
     env = _env()
     env.update(env_extra or {})
     done = subprocess.run([sys.executable, "-m", "pyfacelayers", "train"] + args, env=env,
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     return done.stderr
 
@@ -274,7 +277,7 @@ def test_mpi_launcher_without_the_extra_names_it(tmp_path):
     (blocker / "mpi4py" / "__init__.py").write_text("raise ImportError('no MPI here')\n")
     solver, _ = _setup(tmp_path / "m", "m", batch=4)
     err = _cli_error(["--solver", solver], {"PMI_SIZE": "2", "PMI_RANK": "0",
-                                            "PYTHONPATH": str(blocker) + os.pathsep + ROOT})
+                                            "PYTHONPATH": _env(blocker)["PYTHONPATH"]})
     assert "started by an MPI launcher (2 ranks) but mpi4py cannot be imported" in err
     assert "pip install 'pyfacelayers[mpi]'" in err
 
@@ -510,12 +513,11 @@ def test_an_error_on_one_rank_aborts_the_job_and_names_the_rank(tmp_path):
         'module: "failing" layer: "FailOnRankOne" } }\n'
         'layer { name: "fc5" type: "InnerProduct" bottom: "boomed"')
     open(net, "w").write(text)
-    env = _env()
-    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+    env = _env(tmp_path)
     start = time.time()
     done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "pyfacelayers", "train",
                            "--solver", solver, "--allow-python-layers"], env=env,
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+                          capture_output=True, text=True, timeout=60)
     assert time.time() - start < 30
     assert done.returncode != 0
     assert "pyfacelayers train: error: rank 1: " in done.stderr and "disk on fire" in \
@@ -666,3 +668,31 @@ def test_pycaffe_nccl_object_trains_like_the_plain_solver(tmp_path, standin_nccl
         assert len(big) == 3 * len(nccl._owned) and sum(big) == 3 * params
     else:
         assert big == [params] * 3
+
+
+# -- bench/parallel.py, at a tiny size -----------------------------------------------------
+
+@needs_mpi
+def test_bench_measures_one_and_two_ranks(tmp_path):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "parallel.py"),
+                           "--iters", "2", "--batch", "2", "--measured-only"], env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if re.match(r"\| [12] x 1 \|", line)]
+    assert len(rows) == 3 and "1,846,464" in rows[1], done.stdout
+
+
+def test_bench_scaling_out_on_paper():
+    shared = shared_path("nets", "sphereface")
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "parallel_bench", os.path.join(ROOT, "bench", "parallel.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    params, macs = bench.deploy_counts(os.path.join(shared, "sphereface_deploy.prototxt"))
+    # SphereFace-20's trunk: 20 3x3 convolutions and the 512-d fc5 on 7x6 maps (22.7M).
+    assert 22_000_000 < params < 23_500_000 and macs > 1e9
+    # Ring: 2 (N-1)/N x S / B + 2 (N-1) a; one rank moves nothing.
+    assert bench.ring_seconds(100e6, 1, 1e9, 1e-5) == 0
+    assert abs(bench.ring_seconds(100e6, 4, 10e9, 0.0) - 0.015) < 1e-12
+    assert abs(bench.ring_seconds(0, 8, 1e9, 1e-5) - 14e-5) < 1e-12
