@@ -17,7 +17,19 @@ ROOT=$(pwd)
 PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/pfl_parallel_gpu_check}
 rm -rf "$OUT/work"; mkdir -p "$OUT/work"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PFL_ROOT="$ROOT"
+# The installed package (bash bench/gpu_check.sh installs it), else this checkout built
+# in place. Everything runs from $OUT/work, so the source tree is not imported by accident.
+if (cd "$OUT/work" && $PY -c "import pyfacelayers._C" 2>/dev/null); then
+  echo "using the installed pyfacelayers"
+elif (cd "$OUT/work" && PYTHONPATH="$ROOT" $PY -c "import pyfacelayers._C" 2>/dev/null); then
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  echo "using the checkout's pyfacelayers (built in place)"
+else
+  echo "FAILED: pyfacelayers is not built: run bash bench/gpu_check.sh (or python setup.py build_ext --inplace) first"
+  exit 1
+fi
+cd "$OUT/work"
 status=0
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
@@ -40,7 +52,7 @@ t = NCCLTransport(1, 0, new_uid(), device=0)
 a = cupy.arange(10, dtype=cupy.float32)
 t.allreduce_sum(a); assert cupy.allclose(a, cupy.arange(10)), a
 b = cupy.full(5, 3.0, cupy.float64); t.broadcast(b); assert float(b.sum()) == 15.0
-c = cupy.ones(1 << 20, cupy.float32); req = t.start_allreduce_sum(c); c2 = c * 2; req.wait()
+c = cupy.ones(1 << 20, cupy.float32); req = t.start_allreduce_sum(c); req.wait()
 assert float(c.sum()) == float(1 << 20)
 assert t.allgather_json({"x": [1, 2]}) == [{"x": [1, 2]}]
 assert t.mean_values([4.0]) == [4.0] and t.any_true([False, True]) == [False, True]
@@ -53,7 +65,7 @@ stamp "== 2. training through NCCL (1 rank, pycaffe API) vs without NCCL (--gpu 
 timeout 120 $PY - "$OUT/work" <<'PYEOF' 2>&1 | tee "$OUT/train1.log"
 import os, subprocess, sys
 import numpy as np
-sys.path.insert(0, "bench")
+sys.path.insert(0, os.path.join(os.environ["PFL_ROOT"], "bench"))
 import parallel_fixture as fx
 work = sys.argv[1]
 try:
@@ -67,7 +79,7 @@ for name in ("nccl", "plain"):
     solver, prefix = fx.write_job(os.path.join(work, name), name, 8, iters=6, snapshot=0,
                                   source=source)
     if name == "nccl":
-        cmd = [sys.executable, "bench/parallel_pycaffe_train.py", "--solver", solver, "--gpus", "0"]
+        cmd = [sys.executable, os.path.join(os.environ["PFL_ROOT"], "bench/parallel_pycaffe_train.py"), "--solver", solver, "--gpus", "0"]
     else:
         cmd = [sys.executable, "-m", "pyfacelayers", "train", "--solver", solver, "--gpu", "0"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=100)
@@ -91,7 +103,7 @@ PYEOF
 stamp "== 2b. the same through fork (BVLC's train.py starts its ranks with fork)"
 solver_fork=$(ls "$OUT"/work/nccl/nccl_solver.prototxt 2>/dev/null)
 if [ -n "$solver_fork" ]; then
-  timeout 90 $PY bench/parallel_pycaffe_train.py --solver "$solver_fork" --gpus 0 \
+  timeout 90 $PY "$ROOT/bench/parallel_pycaffe_train.py" --solver "$solver_fork" --gpus 0 \
       --start-method fork --timeout 60 > "$OUT/fork.log" 2>&1
   rc=$?
   echo "fork start: exit $rc (0: pycaffe scripts that fork, as BVLC's train.py, work)"
@@ -101,13 +113,13 @@ fi
 stamp "== 3. two ranks on one GPU (pycaffe API, gpus 0 0)"
 timeout 90 $PY - "$OUT/work" <<'PYEOF' 2>&1 | tee "$OUT/train2.log"
 import os, subprocess, sys
-sys.path.insert(0, "bench")
+sys.path.insert(0, os.path.join(os.environ["PFL_ROOT"], "bench"))
 import parallel_fixture as fx
 work = sys.argv[1]
 solver, prefix = fx.write_job(os.path.join(work, "dup"), "dup", 8, iters=4, snapshot=0,
                               source="dummy")
 try:
-    done = subprocess.run([sys.executable, "bench/parallel_pycaffe_train.py", "--solver",
+    done = subprocess.run([sys.executable, os.path.join(os.environ["PFL_ROOT"], "bench/parallel_pycaffe_train.py"), "--solver",
                            solver, "--gpus", "0", "0", "--timeout", "45"],
                           capture_output=True, text=True, timeout=75)
 except subprocess.TimeoutExpired:
