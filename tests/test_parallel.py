@@ -696,3 +696,30 @@ def test_bench_scaling_out_on_paper():
     assert bench.ring_seconds(100e6, 1, 1e9, 1e-5) == 0
     assert abs(bench.ring_seconds(100e6, 4, 10e9, 0.0) - 0.015) < 1e-12
     assert abs(bench.ring_seconds(0, 8, 1e9, 1e-5) - 14e-5) < 1e-12
+
+
+def test_supervisor_passes_signals_on_to_every_rank_once(tmp_path):
+    """``--gpu 0,1``'s parent: a SIGHUP sent to it reaches each rank once (the ranks run
+    in their own sessions, so a terminal's signal is not doubled)."""
+    import io
+    import threading
+    child = ("import os, signal, sys, time\n"
+             "path = sys.argv[1]\n"
+             "signal.signal(signal.SIGHUP, lambda n, f: open(path, 'a').write('hup\\n'))\n"
+             "open(path + '.ready', 'w').close()\n"
+             "deadline = time.time() + 20\n"
+             "while time.time() < deadline and not os.path.exists(path):\n"
+             "    time.sleep(0.05)\n"
+             "time.sleep(0.3)\n")
+    paths = [str(tmp_path / ("rank%d" % r)) for r in range(2)]
+    children = [subprocess.Popen([sys.executable, "-c", child, p], start_new_session=True)
+                for p in paths]
+
+    def signal_parent():
+        deadline = time.time() + 20
+        while time.time() < deadline and not all(os.path.exists(p + ".ready") for p in paths):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGHUP)
+    threading.Thread(target=signal_parent, daemon=True).start()
+    assert launch.supervise(children, ["rank 0", "rank 1"], io.StringIO()) == 0
+    assert [open(p).read() for p in paths] == ["hup\n", "hup\n"]
