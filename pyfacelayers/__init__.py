@@ -6,7 +6,8 @@
 ``caffe.get_solver``, ``caffe.io``, ``caffe.proto.caffe_pb2`` and net_spec's
 ``caffe.NetSpec`` / ``caffe.layers`` / ``caffe.params`` / ``caffe.to_proto``,
 ``caffe.Classifier``, ``caffe.draw``, and the process-level ``init_log``, ``log``,
-``Timer``, ``has_nccl`` and solver count/rank functions. The SphereFace
+``Timer``, ``has_nccl``, solver count/rank functions and ``caffe.NCCL`` (data-parallel
+training on several GPUs, processes and machines: docs/parallel.md). The SphereFace
 ``MarginInnerProduct`` layer runs in C++ (and CUDA when built with nvcc).
 """
 
