@@ -723,3 +723,19 @@ def test_supervisor_passes_signals_on_to_every_rank_once(tmp_path):
     threading.Thread(target=signal_parent, daemon=True).start()
     assert launch.supervise(children, ["rank 0", "rank 1"], io.StringIO()) == 0
     assert [open(p).read() for p in paths] == ["hup\n", "hup\n"]
+
+
+def test_layer_wise_without_the_hook_still_reduces_and_warns(tmp_path, caplog):
+    solver_path, _ = _setup(tmp_path / "nh", "nh", batch=4, layer_wise=True)
+    try:
+        solver = caffe.get_solver(solver_path)
+        transport = _Recorder(lambda a: 2 * a if a.dtype == np.float32 else a)
+        sync = DataParallel(solver, transport)
+        solver.add_callback(sync)  # (no solver.net.after_backward(sync))
+        with caplog.at_level("WARNING", logger="pyfacelayers"):
+            solver.step(2)
+    finally:
+        world.reset()
+    params = sum(int(p.data.size) for p in solver.net.learnable_params)
+    assert [c for c in transport.calls if c == params] == [params, params]
+    assert caplog.text.count("after_backward hook is not installed") == 1

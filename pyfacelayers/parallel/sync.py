@@ -15,6 +15,7 @@ It is pycaffe's ``caffe.NCCL`` object too: ``solver.add_callback(nccl)`` and
 ``solver.net.after_backward(nccl)`` work as in BVLC's python/train.py.
 """
 
+import logging
 import time
 
 import numpy as np
@@ -22,6 +23,7 @@ import numpy as np
 from .. import backend
 from . import world
 
+log = logging.getLogger("pyfacelayers")
 
 class DataParallel:
     """Ties ``solver`` to ``transport`` (default: the job's, see world.use)."""
@@ -38,6 +40,7 @@ class DataParallel:
         self._owned = _owned_params(solver.net)
         self._pending = []
         self._passes = 0
+        self._warned = False
         # Time spent in the exchange on this process (starting, waiting, scaling): the
         # communication that computation did not hide.
         self.reduce_seconds = 0.0
@@ -69,6 +72,15 @@ class DataParallel:
         if not self.active:
             return
         start = time.perf_counter()
+        if self.layer_wise and self._passes == 0:
+            # The net never called us back: a script set layer_wise_reduce but did not
+            # install the hook. Reduce everything now rather than update unreduced.
+            if not self._warned:
+                log.warning("layer_wise_reduce is on but the net's after_backward hook is "
+                            "not installed (solver.net.after_backward(nccl)): the diffs "
+                            "are reduced in one buffer after backward instead")
+                self._warned = True
+            self.layer_wise = False
         if self.layer_wise:
             for request, flat, blobs in self._pending:
                 request.wait()
@@ -134,12 +146,11 @@ def _owned_params(net):
 
 def _pack(arrays):
     """One contiguous buffer holding ``arrays`` (one collective instead of many)."""
-    if len(arrays) == 1 and arrays[0].flags.c_contiguous:
-        return arrays[0].reshape(-1).copy()
-    xp = backend.array_module(arrays[0]) if arrays else np
     if not arrays:
         return np.zeros(0, np.float32)
-    return xp.concatenate([a.reshape(-1) for a in arrays])
+    if len(arrays) == 1:
+        return arrays[0].reshape(-1).copy()
+    return backend.array_module(arrays[0]).concatenate([a.reshape(-1) for a in arrays])
 
 
 def _unpack(flat, blobs, field):
