@@ -597,7 +597,7 @@ def test_mpi_transport_collectives_and_the_generic_gather(tmp_path):
 @pytest.fixture
 def standin_nccl(monkeypatch):
     import nccl_standin
-    calls = nccl_standin.install(monkeypatch)
+    calls = nccl_standin.install(monkeypatch.setitem)
     yield calls, nccl_standin
     world.reset()
 
@@ -739,3 +739,49 @@ def test_layer_wise_without_the_hook_still_reduces_and_warns(tmp_path, caplog):
     params = sum(int(p.data.size) for p in solver.net.learnable_params)
     assert [c for c in transport.calls if c == params] == [params, params]
     assert caplog.text.count("after_backward hook is not installed") == 1
+
+
+PYCAFFE_SCRIPT = '''
+import sys
+sys.path.insert(0, sys.argv[1])
+import nccl_standin
+nccl_standin.install()
+from mpi4py import MPI
+import pyfacelayers as caffe
+
+rank = MPI.COMM_WORLD.Get_rank()
+# BVLC python/train.py's sequence, the NCCL id handed out over MPI instead of by the
+# parent process.
+caffe.set_solver_count(2)
+caffe.set_solver_rank(rank)
+caffe.set_multiprocess(True)
+uid = MPI.COMM_WORLD.bcast(caffe.NCCL.new_uid() if rank == 0 else None)
+solver = caffe.SGDSolver(sys.argv[2])
+nccl = caffe.NCCL(solver, uid)
+nccl.bcast()
+solver.add_callback(nccl)
+if solver.param.layer_wise_reduce:
+    solver.net.after_backward(nccl)
+solver.step(solver.param.max_iter)
+solver.snapshot()
+'''
+
+
+@needs_mpi
+@pytest.mark.parametrize("layer_wise", [True, False])
+def test_pycaffe_nccl_script_with_two_ranks_equals_one_process(tmp_path, layer_wise):
+    """pycaffe's multi-GPU calls with 2 ranks, the NCCL stand-in moving the data through
+    MPI: the weights equal one process with twice the batch."""
+    one, one_prefix = _setup(tmp_path / "one", "one", batch=8, layer_wise=layer_wise)
+    two, two_prefix = _setup(tmp_path / "two", "two", batch=4, layer_wise=layer_wise)
+    _train(["--solver", one])
+    script = tmp_path / "pycaffe_train.py"
+    script.write_text(PYCAFFE_SCRIPT)
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script),
+                           os.path.dirname(os.path.abspath(__file__)), two], env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    params_one, history_one = _state(one_prefix, 5, "SGD")
+    params_two, history_two = _state(two_prefix, 5, "SGD")
+    _close(params_two, params_one)
+    _close(history_two, history_one)
