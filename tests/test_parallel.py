@@ -183,7 +183,7 @@ def test_a_killed_rank_stops_the_job_and_the_last_snapshot_resumes(tmp_path):
     assert job.returncode != 0
     # The launcher reports the dead process by pid; rank 0's log maps it to rank 1.
     assert "Rank 1: pid %d" % pids[1] in log_text
-    assert re.search(r"PID %d .*\n.*EXIT CODE: 9" % pids[1], out), out
+    assert "PID %d " % pids[1] in out and "BAD TERMINATION" in out, out
     latest = snap.latest_snapshot(prefix)
     assert latest is not None
     iteration = int(re.search(r"_iter_(\d+)\.solverstate$", latest).group(1))
@@ -579,7 +579,7 @@ t.progress()
 request.wait()
 assert (c == 3).all()
 import sys
-sys.stdout.write("rank %d ok\n" % r)  # one write: the ranks share the output
+sys.stdout.write("rank %d ok\\n" % r)  # one write: the ranks share the output
 '''
 
 
