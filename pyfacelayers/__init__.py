@@ -6,8 +6,9 @@
 ``caffe.get_solver``, ``caffe.io``, ``caffe.proto.caffe_pb2`` and net_spec's
 ``caffe.NetSpec`` / ``caffe.layers`` / ``caffe.params`` / ``caffe.to_proto``,
 ``caffe.Classifier``, ``caffe.Detector``, ``caffe.draw``, ``caffe.coord_map``, and the
-process-level ``init_log``, ``log``, ``Timer``, ``has_nccl`` and solver count/rank
-functions.
+process-level ``init_log``, ``log``, ``Timer``, ``has_nccl``, solver count/rank
+functions and ``caffe.NCCL`` (data-parallel training on several GPUs, processes and
+machines: docs/parallel.md).
 ``pyfacelayers.allow_python_layers(True)`` (or PYFACELAYERS_ALLOW_PYTHON_LAYERS=1) lets
 unchanged pycaffe scripts build Caffe ``Python`` layers; they are refused by default. The SphereFace
 ``MarginInnerProduct`` layer runs in C++ (and CUDA when built with nvcc).

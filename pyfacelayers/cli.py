@@ -46,7 +46,9 @@ def gflags_style(argv):
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(gflags_style(sys.argv[1:] if argv is None else argv))
+    argv = gflags_style(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv = argv  # a multi-GPU train starts its ranks with the same command line
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -3,9 +3,8 @@ glog-style logging (``init_log``, ``log``; the glog line layout is shared with t
 command line's ``--log`` files), the multi-GPU solver count and rank, NCCL,
 ``set_multiprocess`` and ``Timer``.
 
-pyfacelayers trains on one device per process: the solver count is 1 and the rank 0
-(setting them to anything else is an error saying so), ``has_nccl()`` is False and
-``NCCL`` cannot be made.
+The solver count and rank are pyfacelayers.parallel.world's; ``NCCL`` is its
+DataParallel over the NCCL transport (docs/parallel.md).
 """
 
 import logging
@@ -14,6 +13,7 @@ import sys
 import time
 
 from .errors import PyFaceLayersError
+from .parallel import DataParallel, world
 
 log = logging.getLogger("pyfacelayers")
 _GLOG_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
@@ -73,42 +73,56 @@ def log_message(message):
 
 
 def has_nccl():
-    return False
+    """True when cupy can load NCCL (multi-GPU training is possible)."""
+    from .parallel import nccl
+    return nccl.available()
 
 
 def set_multiprocess(multiprocess):
-    """Accepted for pycaffe's multi-GPU scripts; one process trains on one device here."""
+    """pycaffe's: this process is one rank of a multi-process job (kept for scripts;
+    pyfacelayers always runs one rank per process)."""
+    world.set_multiprocess(multiprocess)
 
 
 def solver_count():
-    return 1
+    return world.size()
 
 
 def solver_rank():
-    return 0
-
-
-def _only_one(what, value, allowed):
-    if value != allowed:
-        raise PyFaceLayersError("%s %r: pyfacelayers trains one solver on one device per "
-                                "process (multi-GPU training is not supported)"
-                                % (what, value))
+    return world.rank()
 
 
 def set_solver_count(count):
-    _only_one("solver count", count, 1)
+    """How many ranks train together; set before making the solver (the data layers
+    deal their items out by it)."""
+    world.set_size(count)
 
 
 def set_solver_rank(rank):
-    _only_one("solver rank", rank, 0)
+    world.set_rank(rank)
 
 
-class NCCL:
-    """pycaffe's NCCL (multi-GPU gradient exchange): not available here."""
+class NCCL(DataParallel):
+    """pycaffe's NCCL: ``caffe.NCCL(solver, uid)`` joins the job of
+    ``solver_count()`` ranks identified by ``uid`` (from ``NCCL.new_uid()``) as rank
+    ``solver_rank()``, on the current GPU. Then ``bcast()``, ``solver.add_callback(nccl)``
+    and, with layer_wise_reduce, ``solver.net.after_backward(nccl)``, as BVLC's
+    python/train.py does."""
 
-    def __init__(self, *args, **kwargs):
-        raise PyFaceLayersError("NCCL multi-GPU training is not supported by pyfacelayers "
-                                "(has_nccl() is False); train on one device")
+    def __init__(self, solver, uid):
+        from . import backend
+        from .parallel.nccl import NCCLTransport
+        if world.rank() >= world.size():
+            raise PyFaceLayersError("solver rank %d is not below the solver count %d (call "
+                                    "set_solver_count and set_solver_rank first)"
+                                    % (world.rank(), world.size()))
+        device = backend._state["device"] if backend.mode() == "gpu" else None
+        super().__init__(solver, NCCLTransport(world.size(), world.rank(), uid, device=device))
+
+    @staticmethod
+    def new_uid():
+        from .parallel.nccl import new_uid
+        return new_uid()
 
 
 class Timer:

@@ -34,18 +34,32 @@ def test_init_log_and_log_write_glog_lines(capsys):
         caffe.init_log(7)
 
 
-def test_single_device_training_settings():
+def test_solver_count_and_rank_settings():
+    from pyfacelayers.parallel import world
     assert caffe.solver_count() == 1 and caffe.solver_rank() == 0
+    try:
+        caffe.set_solver_count(4)
+        caffe.set_solver_rank(3)
+        caffe.set_multiprocess(True)
+        assert (caffe.solver_count(), caffe.solver_rank()) == (4, 3)
+        with pytest.raises(ValueError, match="solver count must be >= 1"):
+            caffe.set_solver_count(0)
+        with pytest.raises(TypeError, match="solver rank must be an integer"):
+            caffe.set_solver_rank("one")
+    finally:
+        world.reset()
+    assert caffe.solver_count() == 1 and caffe.solver_rank() == 0
+
+
+def test_nccl_without_cupy_names_the_extra():
+    import importlib.util
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("cupy is installed here (the NCCL path is checked by bench/parallel_gpu_check.sh)")
     assert caffe.has_nccl() is False
-    caffe.set_solver_count(1)
-    caffe.set_solver_rank(0)
-    caffe.set_multiprocess(True)
-    with pytest.raises(PyFaceLayersError, match="solver count 2: .* \\(multi-GPU"):
-        caffe.set_solver_count(2)
-    with pytest.raises(PyFaceLayersError, match="solver rank 1"):
-        caffe.set_solver_rank(1)
-    with pytest.raises(PyFaceLayersError, match="NCCL multi-GPU training is not supported"):
-        caffe.NCCL(None, "uid")
+    with pytest.raises(PyFaceLayersError, match="needs cupy with NCCL.*pyfacelayers\\[gpu\\]"):
+        caffe.NCCL.new_uid()
+    with pytest.raises(PyFaceLayersError, match="needs cupy with NCCL"):
+        caffe.NCCL(None, b"x" * 128)
 
 
 def test_timer():

@@ -8,7 +8,13 @@ from .. import backend
 log = logging.getLogger("pyfacelayers")
 
 
-def add_device_arguments(parser):
+def add_device_arguments(parser, several=False):
+    if several:  # train: Caffe's -gpu 0,1,2,3 / all (docs/parallel.md)
+        parser.add_argument("--gpu", metavar="IDS",
+                            help="run on GPU ID (needs cupy); a list such as 0,1,2,3 or "
+                                 "\"all\" trains one rank per GPU over NCCL; under mpiexec, "
+                                 "each rank takes the GPU at its local rank; default: the CPU")
+        return
     parser.add_argument("--gpu", metavar="ID",
                         help="run on GPU ID (needs cupy); default: the CPU")
 
@@ -41,7 +47,8 @@ def select_device(gpu, solver_param=None):
     if ids == ["all"]:
         ids = ["0"]
     if len(ids) != 1 or not ids[0].isdigit():
-        raise ValueError("--gpu takes one device id (multi-GPU training is not supported), "
+        raise ValueError("--gpu takes one device id here (several GPUs train with pyfacelayers "
+                         "train --gpu 0,1,...), "
                          "got %r" % gpu)
     try:
         backend.set_device(int(ids[0]))

@@ -2,6 +2,11 @@
 
     pyfacelayers train --solver S [--weights W | --snapshot S] [--gpu ID] [--log FILE]
 
+Data-parallel training (docs/parallel.md): ``--gpu 0,1,2,3`` or ``--gpu all`` trains
+one rank per GPU over NCCL, started by this command; ``mpiexec -n N pyfacelayers train
+...`` trains N ranks under MPI (CPU ranks, or GPU ranks with ``--gpu``). Rank 0 alone
+logs, tests and writes snapshots.
+
 ``--snapshot latest`` (when no file is named "latest") resumes from the newest complete
 snapshot under the solver's snapshot_prefix, skipping sets a killed process left
 incomplete and removing its temporary files; with none it starts from iteration 0.
@@ -26,7 +31,9 @@ import time
 
 import numpy as np
 
+from .. import backend
 from ..fileio.atomic import stale_temp_files
+from ..parallel import DataParallel, launch, world
 from ..process import add_log_file
 from ..solvers import get_solver, read_solver
 from ..solvers.snapshot import latest_snapshot
@@ -48,7 +55,7 @@ def register(subparsers):
     group.add_argument("--snapshot", help="a .solverstate to resume training from, or "
                                           "\"latest\": the newest complete snapshot of the "
                                           "solver's snapshot_prefix, if any")
-    _common.add_device_arguments(p)
+    _common.add_device_arguments(p, several=True)
     p.add_argument("--log", metavar="FILE", help="append Caffe-style log lines to FILE")
     p.add_argument("--level", type=int, default=None, help="the train net's NetState level")
     p.add_argument("--stage", action="append", help="the train net's NetState stage(s)")
@@ -153,15 +160,54 @@ def run(args, stream=None):
         param.train_state.level = args.level
     for stage in _common.split_stages(args.stage):
         param.train_state.stage.append(stage)
+    gpus = launch.parse_gpus(args.gpu) if args.gpu is not None else []
+    if len(gpus) > 1 or (gpus and launch.mpi_module.launched_size() > 1):
+        launch.multi_gpu_ready(args.gpu)
+    if launch.wants_spawn(gpus):
+        # Caffe's one command for several GPUs: one process per GPU, watched from here.
+        return launch.spawn_per_gpu(gpus, getattr(args, "argv", None) or sys.argv[1:],
+                                    stream)
+    transport = launch.join(gpus, args.gpu)
+    try:
+        return _run_rank(args, param, transport, stream)
+    except BaseException as exc:
+        if transport is None or transport.size == 1 or isinstance(exc, SystemExit):
+            raise
+        # A rank that fails must take the job down, not leave the others waiting.
+        stream.write("pyfacelayers train: error: rank %d: %s\n" % (transport.rank, exc))
+        stream.flush()
+        _abort_job(transport)
+        raise
+    finally:
+        world.reset()
+
+
+def _abort_job(transport):
+    abort = getattr(transport, "abort", None)
+    if abort is not None:
+        # Give the launcher a moment to pass the message on: an abort ends every rank's
+        # output at once. The other ranks are waiting in a collective meanwhile.
+        time.sleep(1.0)
+        abort(1)
+    os._exit(1)
+
+
+def _run_rank(args, param, transport, stream):
+    root = transport is None or transport.rank == 0
     progress_ref = [None]
     handlers = [ConsoleHandler(progress_ref)]
-    if args.log:
+    if args.log and root:  # only rank 0 writes the log
         handlers.append(add_log_file(args.log))
     log.addHandler(handlers[0])
     old_level = log.level
     log.setLevel(logging.INFO)
     try:
-        device = _common.select_device(args.gpu, param)
+        if transport is None:
+            device = _common.select_device(args.gpu, param)
+        else:
+            device = "GPU %d" % backend._state["device"] if backend.mode() == "gpu" else "CPU"
+            log.info("Data-parallel training: %d ranks over %s", transport.size, transport.name)
+            _log_ranks(transport, device)
         log.info("Using %s", device)
         solver = get_solver(param, source=args.solver, dtype=np.dtype(args.dtype),
                             allow_python_layers=getattr(args, "allow_python_layers", False) or None)
@@ -171,12 +217,24 @@ def run(args, stream=None):
                 solver.net.copy_from(path)
                 for net in solver.test_nets:
                     net.copy_from(path)
-        progress = Progress(solver, stream)
+        progress = Progress(solver, stream if root else _Quiet())
         progress_ref[0] = progress
         solver.add_iteration_callback(progress)
         resume = args.snapshot
         if resume == "latest" and not os.path.exists(resume):
-            resume = _latest(param.snapshot_prefix)
+            resume = _latest(param.snapshot_prefix) if root else None
+            if transport is not None:  # every rank resumes the file rank 0 found
+                resume = transport.allgather_json(resume)[0]
+        if transport is not None:
+            if resume:  # Caffe restores every rank from the file, then broadcasts
+                log.info("Restoring previous solver status from %s", resume)
+                solver.restore(resume)
+                resume = None
+            sync = DataParallel(solver, transport)
+            sync.bcast()
+            solver.add_callback(sync)
+            if sync.layer_wise:
+                solver.net.after_backward(sync)
         return _train(solver, resume, progress, getattr(args, "sigint_effect", "stop"),
                       getattr(args, "sighup_effect", "snapshot"))
     finally:
@@ -186,6 +244,25 @@ def run(args, stream=None):
             log.removeHandler(h)
             h.close()
         log.setLevel(old_level)
+
+
+class _Quiet:
+    """Where the progress line of ranks other than 0 goes."""
+
+    def write(self, text):
+        pass
+
+    def flush(self):
+        pass
+
+
+def _log_ranks(transport, device):
+    """Rank 0 lists every rank's process (an MPI launcher reports a dead rank by pid)."""
+    import socket
+    ranks = transport.allgather_json({"pid": os.getpid(), "host": socket.gethostname(),
+                                      "device": device})
+    for r, info in enumerate(ranks):
+        log.info("Rank %d: pid %d on %s, %s", r, info["pid"], info["host"], info["device"])
 
 
 def _latest(prefix):
@@ -234,6 +311,11 @@ def _train(solver, resume, progress, sigint_effect="stop", sighup_effect="snapsh
         solver.solve(resume)
     except KeyboardInterrupt:
         progress.finish()
+        if solver.parallel and solver.parallel.size > 1:
+            # The ranks were interrupted at different points: no agreed snapshot.
+            log.error("Interrupted at once at iteration %d: no snapshot written (the ranks "
+                      "of a job snapshot together only after an iteration)", solver.iter)
+            return 130
         if solver.consistent:
             _snapshot_once(solver)
             log.warning("Interrupted at iteration %d; resume with --snapshot %s",

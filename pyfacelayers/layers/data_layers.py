@@ -5,6 +5,18 @@ first item (or the parameters), and every ``forward`` reshapes them to the batch
 produces. Items are read in the order Caffe reads them (Caffe prefetches batches in a
 thread, which does not change that order). Randomness (shuffles, rand_skip, mirror,
 crop) comes from the layer's seeded generator.
+
+In a data-parallel job of N ranks (pyfacelayers.parallel), the TRAIN-phase layers deal
+the items out (test nets run on rank 0 alone and read everything):
+
+- Data (LMDB) and HDF5Data: item k of the stream goes to rank k mod N (Caffe's Skip()
+  rule). The stream is walked in rounds of N items, one per rank, so every rank ends
+  each batch at the same position: the saved position suits any rank count.
+- MemoryData: row k of the arrays to rank k mod N; every rank is given the same arrays
+  (their length a multiple of N x batch_size), and a batch is N x batch_size rows.
+- ImageData: with shuffle, each rank shuffles with its own seed (random_seed + rank, as
+  Caffe); without, line k goes to rank k mod N (Caffe would feed every rank the same
+  lines).
 """
 
 import os
@@ -13,6 +25,7 @@ import re
 import numpy as np
 
 from .. import limits
+from ..parallel import world
 from ..proto import caffe_pb2
 from ..transform import DataTransformer
 from .base import Layer, register
@@ -45,6 +58,21 @@ class _DataLayer(Layer):
     def _transformer(self):
         return DataTransformer(self.param.transform_param, phase=self.phase, dtype=self.dtype,
                                rng=self.rng, error=self.error)
+
+    def _shard(self):
+        """(this rank, rank count) for dealing items out: (0, 1) outside a data-parallel
+        job and in the TEST phase (only rank 0 tests)."""
+        if self.phase == caffe_pb2.TEST or world.size() == 1:
+            return 0, 1
+        return world.rank(), world.size()
+
+
+def _round(offset, rank, count):
+    """In the round of ``count`` items starting at stream position ``offset``, how many
+    items this rank skips before its own (the one at a position = rank mod count) and
+    after it, to the round's end."""
+    before = (rank - offset) % count
+    return before, count - before - 1
 
 
 def _blob_shape(shape, layer):
@@ -171,9 +199,14 @@ class MemoryDataLayer(_DataLayer):
         if labels.shape[0] != data.shape[0]:
             raise self.error("data and labels must have the same first dimension, got %d and %d"
                              % (data.shape[0], labels.shape[0]))
-        if data.shape[0] == 0 or data.shape[0] % self.batch_size:
+        rank, count = self._shard()
+        if data.shape[0] == 0 or data.shape[0] % (self.batch_size * count):
             raise self.error("the first dimension of the input arrays (%d) must be a positive "
-                             "multiple of batch_size %d" % (data.shape[0], self.batch_size))
+                             "multiple of batch_size %d%s" % (
+                                 data.shape[0], self.batch_size,
+                                 " x %d ranks (every rank is given the same arrays and reads "
+                                 "rows rank, rank + %d, ...)" % (count, count)
+                                 if count > 1 else ""))
         self._data, self._labels = data, labels
         self._n, self._pos = data.shape[0], 0
         if self._pending is not None:
@@ -205,7 +238,7 @@ class MemoryDataLayer(_DataLayer):
     def _apply(self, state):
         self._pending = None
         if state["count"] != self._n or state["pos"] >= self._n \
-                or state["pos"] % self.batch_size:
+                or state["pos"] % (self.batch_size * self._shard()[1]):
             raise self.error("the saved position (item %d of %d) does not fit the arrays given "
                              "(%d items, batch_size %d): were other arrays set since the "
                              "snapshot?" % (state["pos"], state["count"], self._n,
@@ -223,11 +256,12 @@ class MemoryDataLayer(_DataLayer):
     def forward(self, bottom, top):
         if self._data is None:
             raise self.error("no data: call set_input_arrays(data, labels) first")
-        end = self._pos + self.batch_size
-        self._set_top(top[0], self._data[self._pos:end])
+        rank, count = self._shard()
+        rows = slice(self._pos + rank, self._pos + self.batch_size * count, count)
+        self._set_top(top[0], self._data[rows])
         # Caffe gives the labels the shape (batch, 1, 1, 1) from the first forward on.
-        self._set_top(top[1], self._labels[self._pos:end].reshape(-1, 1, 1, 1))
-        self._pos = end % self._n
+        self._set_top(top[1], self._labels[rows].reshape(-1, 1, 1, 1))
+        self._pos = (self._pos + self.batch_size * count) % self._n
 
 
 _LIST_LINE = re.compile(r"^(.+?)[ \t]+(\S+)$")
@@ -288,6 +322,7 @@ class ImageDataLayer(_DataLayer):
         if p.shuffle:
             self._shuffle()
         self.line_id = 0
+        self._offset = 0  # lines passed since the start (dealing lines out to ranks)
         if p.rand_skip:
             skip = int(self.rng.integers(p.rand_skip))
             if skip >= len(self.lines):
@@ -310,12 +345,18 @@ class ImageDataLayer(_DataLayer):
         state = {"line_id": int(self.line_id)}
         if self._order is not None:
             state["order"] = self._order
+        if world.size() > 1:  # where the rounds of the ranks' items start
+            state["offset"] = int(self._offset)
         return state
 
     def set_state(self, state):
         """Restore :meth:`get_state`'s dict; the list file must be the same."""
-        if not isinstance(state, dict) or set(state) - {"line_id", "order"}:
-            raise self.error("bad saved state %r: expected keys line_id and order" % (state,))
+        if not isinstance(state, dict) or set(state) - {"line_id", "order", "offset"}:
+            raise self.error("bad saved state %r: expected keys line_id, order and offset"
+                             % (state,))
+        offset = state.get("offset", 0)
+        if not _is_int(offset) or offset < 0:
+            raise self.error("saved offset %r is not a count" % (offset,))
         if "order" in state:
             order = state["order"]
             by_number = {line[2]: line for line in self._listed}
@@ -332,6 +373,7 @@ class ImageDataLayer(_DataLayer):
             raise self.error("saved line_id %r is not a line of %s (%d lines)"
                              % (line_id, self.param.image_data_param.source, len(self.lines)))
         self.line_id = line_id
+        self._offset = offset
 
     def _read(self, index):
         p = self.param.image_data_param
@@ -349,7 +391,12 @@ class ImageDataLayer(_DataLayer):
 
     def forward(self, bottom, top):
         items, labels = [], []
+        rank, count = self._shard()
+        if self.param.image_data_param.shuffle:
+            rank, count = 0, 1  # each rank its own order (seeded random_seed + rank)
         for _ in range(self.batch_size):
+            before, after = _round(self._offset, rank, count)
+            self._advance_lines(before)
             img = self._read(self.line_id)
             item = self.transformer.transform_image(img)
             if items and item.shape != items[0].shape:
@@ -359,13 +406,18 @@ class ImageDataLayer(_DataLayer):
                                  % (name, number, item.shape, items[0].shape))
             items.append(item)
             labels.append(self.lines[self.line_id][1])
+            self._advance_lines(1 + after)
+        self._set_top(top[0], np.stack(items))
+        self._set_top(top[1], np.array(labels, dtype=self.dtype))
+
+    def _advance_lines(self, steps):
+        for _ in range(steps):
             self.line_id += 1
+            self._offset += 1
             if self.line_id >= len(self.lines):
                 self.line_id = 0  # wrap around, reshuffling as Caffe does
                 if self.param.image_data_param.shuffle:
                     self._shuffle()
-        self._set_top(top[0], np.stack(items))
-        self._set_top(top[1], np.array(labels, dtype=self.dtype))
 
 
 @register
@@ -386,6 +438,7 @@ class DataLayer(_DataLayer):
         if self.batch_size <= 0:
             raise self.error("data_param.batch_size must be positive, got %d" % self.batch_size)
         self.transformer = self._transformer()
+        self._offset = 0  # records passed since the start (Caffe's offset_, for Skip())
         self._open(p.source)
         if p.rand_skip:
             for _ in range(int(self.rng.integers(p.rand_skip))):
@@ -414,18 +467,27 @@ class DataLayer(_DataLayer):
             raise self.error("LMDB %s is empty" % source)
 
     def _next(self):
+        self._offset += 1
         if not self._cursor.next():
             self._cursor.first()  # wrap around to the start
 
     # -- state (saved with solver snapshots, so a resumed run reads the same records) --
     def get_state(self):
-        """The key of the next record (hex)."""
-        return {"key": self._cursor.key().hex()}
+        """The key of the next record (hex), and the stream position when it matters
+        (dealing records out to ranks)."""
+        state = {"key": self._cursor.key().hex()}
+        if world.size() > 1:  # where the rounds of the ranks' items start
+            state["offset"] = int(self._offset)
+        return state
 
     def set_state(self, state):
         """Move to :meth:`get_state`'s record; the database must still hold it."""
-        if not isinstance(state, dict) or set(state) != {"key"}:
-            raise self.error("bad saved state %r: expected the key \"key\"" % (state,))
+        if not isinstance(state, dict) or "key" not in state or set(state) - {"key", "offset"}:
+            raise self.error("bad saved state %r: expected the keys \"key\" and "
+                             "\"offset\"" % (state,))
+        offset = state.get("offset", 0)
+        if not _is_int(offset) or offset < 0:
+            raise self.error("saved offset %r is not a count" % (offset,))
         try:
             key = bytes.fromhex(state["key"])
         except (TypeError, ValueError):
@@ -433,6 +495,7 @@ class DataLayer(_DataLayer):
         if not self._cursor.set_key(key):
             raise self.error("the saved record key %r is not in %s (was the database changed "
                              "since the snapshot?)" % (key, self.param.data_param.source))
+        self._offset = offset
 
     def _datum(self):
         key, value = self._cursor.item()
@@ -450,7 +513,11 @@ class DataLayer(_DataLayer):
 
     def forward(self, bottom, top):
         items, labels = [], []
+        rank, count = self._shard()
         for _ in range(self.batch_size):
+            before, after = _round(self._offset, rank, count)
+            for _ in range(before):
+                self._next()
             datum, where = self._datum()
             item = self.transformer.transform(self.transformer.datum_item(datum, where))
             if items and item.shape != items[0].shape:
@@ -458,7 +525,8 @@ class DataLayer(_DataLayer):
                                  % (where, item.shape, items[0].shape))
             items.append(item)
             labels.append(datum.label)
-            self._next()
+            for _ in range(1 + after):
+                self._next()
         self._set_top(top[0], np.stack(items))
         if len(top) > 1:
             self._set_top(top[1], np.array(labels, dtype=self.dtype))
@@ -508,6 +576,7 @@ class HDF5DataLayer(_DataLayer):
         self.current_file = 0
         self._load(self.files[self.file_order[0]])
         self.current_row = 0
+        self._offset = 0  # rows passed since the start (Caffe's offset_, for Skip())
         for blob, array in zip(top, self.arrays):
             blob.reshape((self.batch_size,) + array.shape[1:])
 
@@ -576,13 +645,18 @@ class HDF5DataLayer(_DataLayer):
         if self.param.hdf5_data_param.shuffle:
             state["file_order"] = self._file_order_saved
             state["row_order"] = self._row_order_saved
+        if world.size() > 1:  # where the rounds of the ranks' items start
+            state["offset"] = int(self._offset)
         return state
 
     def set_state(self, state):
         """Restore :meth:`get_state`'s dict; the listed files must be the same."""
-        keys = {"current_file", "current_row", "file_order", "row_order"}
+        keys = {"current_file", "current_row", "file_order", "row_order", "offset"}
         if not isinstance(state, dict) or set(state) - keys:
             raise self.error("bad saved state %r: expected keys %s" % (state, sorted(keys)))
+        offset = state.get("offset", 0)
+        if not _is_int(offset) or offset < 0:
+            raise self.error("saved offset %r is not a count" % (offset,))
         file_order = state.get("file_order", list(range(len(self.files))))
         if sorted(_ints(file_order)) != list(range(len(self.files))):
             raise self.error("the saved file order does not match the %d files listed in %s"
@@ -605,9 +679,11 @@ class HDF5DataLayer(_DataLayer):
                              % (current_row, rows, self.files[self.file_order[current_file]]))
         self._set_row_order(np.array(row_order, dtype=np.int64))
         self.current_row = current_row
+        self._offset = int(offset)
 
     def _next(self):
         shuffle = self.param.hdf5_data_param.shuffle
+        self._offset += 1
         self.current_row += 1
         if self.current_row == self.arrays[0].shape[0]:
             if len(self.files) > 1:
@@ -623,11 +699,16 @@ class HDF5DataLayer(_DataLayer):
 
     def forward(self, bottom, top):
         batches = [[] for _ in top]
+        rank, count = self._shard()
         for _ in range(self.batch_size):
+            before, after = _round(self._offset, rank, count)
+            for _ in range(before):
+                self._next()
             row = self.row_order[self.current_row]
             for rows, array in zip(batches, self.arrays):
                 rows.append(array[row])
-            self._next()
+            for _ in range(1 + after):
+                self._next()
         for blob, rows in zip(top, batches):
             self._set_top(blob, np.stack(rows))
 

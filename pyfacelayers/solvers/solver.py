@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from .. import backend, limits
+from ..parallel import world
 from ..proto import caffe_pb2
 from . import snapshot as snap
 from ..fileio import read_net, read_solver
@@ -82,9 +83,14 @@ class Solver:
         self.last_snapshot = None  # (iter, solverstate path) of the latest snapshot
         self._iterations_last = 0
         self._timer = time.time()
+        # A data-parallel job's link to the other ranks (pyfacelayers.parallel's
+        # DataParallel, which sets itself here); None: this process trains alone.
+        self.parallel = None
 
         log.info("Initializing solver from parameters: %s", self._where)
-        seed = self.param.random_seed if self.param.random_seed >= 0 else None
+        # Caffe seeds rank r with random_seed + r (each rank its own shuffles and
+        # dropout; rank 0's weights are broadcast, so the fillers' draws do not matter).
+        seed = self.param.random_seed + world.rank() if self.param.random_seed >= 0 else None
         self.net = self._init_train_net(seed)
         for layer in self.net.layers:  # settled at display, test, snapshot and the end
             layer.defer_checks = True
@@ -262,9 +268,15 @@ class Solver:
         parameters for layers of the same name (Net::ShareTrainedLayersWith)."""
         net.share_with(self.net)
 
-    def add_callback(self, on_start, on_gradients):
+    def add_callback(self, on_start, on_gradients=None):
         """pycaffe's add_callback: ``on_start()`` before each iteration's
-        ForwardBackward, ``on_gradients()`` after it, before the update."""
+        ForwardBackward, ``on_gradients()`` after it, before the update; or one object
+        with ``on_start`` and ``on_gradients_ready`` methods (``caffe.NCCL``)."""
+        if on_gradients is None and hasattr(on_start, "on_gradients_ready"):
+            on_start, on_gradients = on_start.on_start, on_start.on_gradients_ready
+        if not callable(on_start) or not callable(on_gradients):
+            raise TypeError("add_callback takes two functions (on_start, on_gradients) or an "
+                            "object with on_start and on_gradients_ready (caffe.NCCL)")
         self._callbacks.append((on_start, on_gradients))
 
     def add_iteration_callback(self, fn):
@@ -293,6 +305,16 @@ class Solver:
             return self._action_function() or "none"
         return "none"
 
+    def _job_action(self):
+        """This iteration's request, the same on every rank of a data-parallel job (a
+        signal may reach one rank only, or the ranks at different moments)."""
+        request = self._requested_action()
+        return self.parallel.agree(request) if self.parallel else request
+
+    @property
+    def _root(self):
+        return world.is_root()
+
     # -- the loop -------------------------------------------------------------------
     def step(self, iters):
         """Run ``iters`` iterations (Caffe's Solver::Step)."""
@@ -311,7 +333,11 @@ class Solver:
             self.net.clear_param_diffs()
             if (p.test_interval and self.iter % p.test_interval == 0
                     and (self.iter > 0 or p.test_initialization)):
-                self.test_all()
+                if self._root:  # Caffe: only rank 0 tests
+                    self.test_all()
+                if self.parallel:
+                    self.requested_early_exit = self.parallel.agree(
+                        "stop" if self.requested_early_exit else "none") == "stop"
                 if self.requested_early_exit:
                     break
             for on_start, _ in self._callbacks:
@@ -324,6 +350,8 @@ class Solver:
             for _ in range(p.iter_size):
                 loss = loss + forward_backward()
             loss = loss / p.iter_size
+            if self.parallel:  # the loss of the job's whole batch (read back: one wait)
+                loss = self.parallel.mean_loss(float(loss))
             self._update_smoothed_loss(loss, start_iter)
             if display:
                 self._log_train_outputs()
@@ -335,7 +363,7 @@ class Solver:
             self._end_iteration_states()
             for fn in self._iteration_callbacks:
                 fn(self, loss)
-            request = self._requested_action()
+            request = self._job_action()
             if (p.snapshot and self.iter % p.snapshot == 0) or request == "snapshot":
                 self.snapshot()
             if request == "stop":
@@ -397,7 +425,10 @@ class Solver:
         index = 0
         for name in self.net.outputs:
             weight = self.net.blob_loss_weights.get(name, 0)
-            for value in _values(self.net.blobs[name].data):
+            values = _values(self.net.blobs[name].data)
+            if self.parallel:  # means over the ranks' batches
+                values = self.parallel.mean_values(values)
+            for value in values:
                 extra = " (* %s = %s loss)" % (_fmt(weight), _fmt(weight * value)) if weight else ""
                 log.info("    Train net output #%d: %s = %s%s", index, name, _fmt(value), extra)
                 index += 1
@@ -425,9 +456,12 @@ class Solver:
         if p.display and self.iter % p.display == 0:
             # A forward only, to show the loss of the final weights (as Caffe).
             self.net.forward()
-            self._update_smoothed_loss(self._net_loss(self.net), start_iter)
+            loss = self._net_loss(self.net)
+            if self.parallel:
+                loss = self.parallel.mean_loss(loss)
+            self._update_smoothed_loss(loss, start_iter)
             log.info("Iteration %d, loss = %s", self.iter, _fmt(self.smoothed_loss))
-        if p.test_interval and self.iter % p.test_interval == 0:
+        if p.test_interval and self.iter % p.test_interval == 0 and self._root:
             self.test_all()
         log.info("Optimization Done.")
 
@@ -458,7 +492,10 @@ class Solver:
         iters = p.test_iter[test_net_id]
         scores, loss = None, 0.0
         for _ in range(iters):
-            request = self._requested_action()
+            # In a job of several ranks, only rank 0 tests: signals wait for the
+            # iteration's end, where all ranks agree on them.
+            request = "none" if self.parallel and self.parallel.size > 1 \
+                else self._requested_action()
             while request != "none":
                 if request == "snapshot":
                     self.snapshot()
@@ -578,13 +615,22 @@ class Solver:
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
         suffix, kind = (".h5", "HDF5 file") if hdf5 else ("", "binary proto file")
         model = self.snapshot_filename(".caffemodel" + suffix)
+        state_path = self.snapshot_filename(".solverstate" + suffix)
+        extra = self._extra_state()
+        if self.parallel and self.parallel.size > 1:
+            # Every rank's own data positions, shuffles and RNGs, so that each resumes
+            # its own sequence; rank 0 alone writes the files (Caffe's root solver).
+            everyone = self.parallel.gather({k: extra[k] for k in _RANK_STATE_KEYS})
+            extra["solver_count"] = self.parallel.size
+            extra["rank_states"] = everyone[1:]
+            if not self._root:
+                self.last_snapshot = (self.iter, state_path)
+                return state_path
         log.info("Snapshotting to %s %s", kind, model)
         written = snap.write_model(model, self.net, write_diff=self.param.snapshot_diff)
-        state_path = self.snapshot_filename(".solverstate" + suffix)
         log.info("Snapshotting solver state to %s %s", kind, state_path)
         # The solverstate goes last: its presence marks the set complete (see
         # snapshot.latest_snapshot), and the side file records which caffemodel it pairs.
-        extra = self._extra_state()
         extra["caffemodel"] = written
         snap.write_extra(state_path, extra)
         snap.write_state(state_path, self.iter, model, self.current_step, self.history)
@@ -647,7 +693,7 @@ class Solver:
         params = self.net.learnable_params
         history = snap.history_arrays(state, path, [p.data.shape for p in params],
                                       self.rule.history_sets, self.type, self.dtype)
-        extra = snap.read_extra(path, state.iter)
+        extra = _states_for_this_rank(snap.read_extra(path, state.iter), path)
         snap.check_extra(extra, path, [self.net] + list(self.test_nets))
         if state.learned_net:
             model = snap.resolve_learned_net(path, state.learned_net)
@@ -666,6 +712,38 @@ class Solver:
             for net, states in zip(self.test_nets, extra.get("test_net_rng_states", [])):
                 _set_rng_states(net, states)
         log.info("%s: restored iteration %d from %s", self.type, self.iter, path)
+
+
+_RANK_STATE_KEYS = ("train_net_layer_states", "train_net_rng_states")
+
+
+def _states_for_this_rank(extra, path):
+    """The side file as this rank restores it: a rank the snapshot's job had takes its
+    own train-net states; any other starts from rank 0's data positions with its own
+    seeds. A job of another rank count is warned about: its data order differs."""
+    if extra is None:
+        return None
+    saved = extra.get("solver_count", 1)
+    ranks = extra.get("rank_states", [])
+    if isinstance(saved, bool) or not isinstance(saved, int) or saved < 1 \
+            or not isinstance(ranks, list) or len(ranks) != saved - 1 \
+            or not all(isinstance(r, dict) for r in ranks):
+        raise SolverError("%s: corrupt side file (solver_count %r with %s rank_states)"
+                          % (snap.extra_path(path), saved,
+                             len(ranks) if isinstance(ranks, list) else repr(ranks)))
+    rank, count = world.rank(), world.size()
+    if saved != count and rank == 0:
+        log.warning("%s was written by a job of %d rank(s) and is resumed by %d: the weights, "
+                    "solver history and iteration carry over, but the data each rank reads "
+                    "from here on differs from the original job's (records are dealt out "
+                    "by rank count)", path, saved, count)
+    if 0 < rank < saved:
+        extra = dict(extra)
+        for key in _RANK_STATE_KEYS:
+            extra[key] = ranks[rank - 1].get(key, {})
+    elif rank >= saved:
+        extra = dict(extra, train_net_rng_states={})  # keep this rank's own seeds
+    return extra
 
 
 def _rng_states(net):
