@@ -17,9 +17,11 @@ conversion). The algorithm is ``direct`` (oneDNN's direct and GEMM-based kernels
 results stay within the one-layer tolerance of im2col; ``PYFACELAYERS_ONEDNN_CONV_ALGO=auto``
 lets oneDNN pick Winograd where it has one (an opt-in: its rounding differs more).
 
-Tensors stay in the caller's plain NCHW / OIHW arrays; where the primitive prefers a
-blocked layout, the binding reorders into buffers of its own around the call
-(``PYFACELAYERS_ONEDNN_LAYOUT=plain`` forbids that).
+Tensors stay in the caller's plain NCHW / OIHW arrays. By default the primitives are
+created for those layouts (oneDNN then runs its GEMM-based or plain-layout direct
+kernels); ``PYFACELAYERS_ONEDNN_LAYOUT=any`` lets oneDNN pick blocked layouts and reorders
+into buffers of its own around each call, which measured slower on SphereFace shapes
+(the reorders cost more than the blocked kernels save) but may pay on other machines.
 """
 
 import ctypes
@@ -58,7 +60,7 @@ MAX_NDIMS = 12
 MIN_MAJOR = 3  # the 3.x API (primitive descriptors created in one call)
 
 ALGOS = {"direct": CONV_DIRECT, "auto": CONV_AUTO}
-LAYOUTS = ("any", "plain")
+LAYOUTS = ("plain", "any")
 
 
 class OnednnUnavailable(PyFaceLayersError, RuntimeError):
@@ -239,7 +241,7 @@ def conv_algo():
 
 
 def layout():
-    name = os.environ.get("PYFACELAYERS_ONEDNN_LAYOUT", "any").strip().lower()
+    name = os.environ.get("PYFACELAYERS_ONEDNN_LAYOUT", "plain").strip().lower()
     if name not in LAYOUTS:
         raise ValueError("PYFACELAYERS_ONEDNN_LAYOUT must be one of %s, got %r"
                          % (", ".join(LAYOUTS), name))
