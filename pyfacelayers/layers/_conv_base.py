@@ -283,9 +283,32 @@ class ConvolutionBase(Layer):
             self._onednn_conv = cached = (key, conv)
         return cached[1]
 
+    # A net sets ``fusable_activation`` (the ReLU / PReLU layer after this one, see
+    # Net._plan_fusions) and, per pass, ``fuse_activation``; ``activation_fused`` tells
+    # it whether the activation was applied here (oneDNN) or must still run (im2col).
+    fusable_activation = None
+    fuse_activation = False
+    activation_fused = False
+
     def _fused_post_op(self):
-        """The activation fused into this convolution by a TEST net (none by default)."""
-        return None
+        """The oneDNN post-op for the activation fused into this pass, or None."""
+        act = self.fusable_activation
+        if act is None or not self.fuse_activation:
+            return None
+        from ..cpu import onednn
+        kind = act.type.lower()
+        if not onednn.fusion_pays(kind):
+            return None
+        if kind == "relu":
+            return onednn.PostOp("relu", negative_slope=float(act.slope))
+        return onednn.PostOp("prelu", channel_shared=act.channel_shared)
+
+    def _post_op_arrays(self):
+        act = self.fusable_activation
+        conv = self._onednn_conv[1]
+        if conv.post_op is None or conv.post_op.kind != "prelu":
+            return {}
+        return {"slopes": act.blobs[0].data.reshape(-1)}
 
     def _cudnn(self, data):
         from ..gpu import cudnn
@@ -326,12 +349,11 @@ class ConvolutionBase(Layer):
         if getattr(conv, "adds_bias", False):  # oneDNN: bias (and post-op) in its pass
             extra = {"bias": self.blobs[1].data} if self.bias_term else {}
             extra.update(self._post_op_arrays())
-            return self._engine_call(conv, conv.forward, x, w, y, **extra)
+            self._engine_call(conv, conv.forward, x, w, y, **extra)
+            self.activation_fused = conv.post_op is not None
+            return
         self._engine_call(conv, conv.forward, x, w, y)
         self._add_bias(t.data.reshape(self.num, self.num_output, -1))
-
-    def _post_op_arrays(self):
-        return {}
 
     def _backward_engine(self, conv, t, need_w, down, b):
         dy = self._images(t.diff, self.num_output, self.out_spatial)
@@ -346,6 +368,7 @@ class ConvolutionBase(Layer):
 
     # -- forward / backward ------------------------------------------------------------
     def forward(self, bottom, top):
+        self.activation_fused = False
         for b, t in zip(bottom, top):
             if self.reverse_dimensions:
                 self._forward_deconv(b, t)
