@@ -3,17 +3,37 @@ export of the same net) and OpenCV's dnn module (``cv2.dnn.readNetFromCaffe`` on
 same prototxt and caffemodel), batch 1 and 32, float32, in one run.
 
     python bench/inference.py [--model sphereface_deploy.prototxt] [--weights x.caffemodel]
-                              [--batches 1 32] [--repeats 5] [--shared ../shared]
+                              [--batches 1 32] [--repeats 5] [--threads N] [--shared ../shared]
 
 Without --weights the net gets seeded random weights (written to a temporary caffemodel
 for OpenCV). Each timing is the median of --repeats rounds, each round the mean of
 enough calls to last about --round-s seconds; the peers are timed interleaved with us
 (round by round), so a busy machine slows all of them alike. The last column is the max
 relative difference of the output against ours (max |a - b| / max |ours|).
+
+--threads N gives every engine N threads (OMP_NUM_THREADS for oneDNN and OpenBLAS, set
+before they load; onnxruntime's intra-op threads; cv2.setNumThreads); default: each
+engine's own default (the machine's cores). With --threads 1 the CPU-time column (the
+process's CPU seconds per call) is the work itself, a fair figure on a shared machine
+where other processes steal the wall clock.
 """
 
 import argparse
 import os
+
+
+def _threads_from_argv():
+    """--threads must act before numpy / oneDNN load their thread pools."""
+    argv = os.sys.argv
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--threads=") else (
+            argv[i + 1] if arg == "--threads" and i + 1 < len(argv) else None)
+        if value:
+            for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ[name] = value
+
+
+_threads_from_argv()
 import platform
 import statistics
 import sys
@@ -69,6 +89,9 @@ class OnnxRuntime:
         path = os.path.join(folder, "net.onnx")
         onnx_export.export(ours.net, path)
         options = onnxruntime.SessionOptions()
+        if THREADS["n"]:
+            options.intra_op_num_threads = THREADS["n"]
+            options.inter_op_num_threads = 1
         self.session = onnxruntime.InferenceSession(path, options,
                                                     providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
@@ -86,6 +109,8 @@ class OpenCV:
     def __init__(self, model, weights, ours):
         import cv2
         self.cv2 = cv2
+        if THREADS["n"]:
+            cv2.setNumThreads(THREADS["n"])
         self.net = cv2.dnn.readNetFromCaffe(model, weights)
         self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
         self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
@@ -100,16 +125,19 @@ class OpenCV:
         return self.net.forward(self.output)
 
 
+THREADS = {"n": None}
+
+
 def timed(run, x, round_s):
-    """Mean seconds per call over enough calls to last ``round_s``."""
-    start = time.perf_counter()
+    """(wall, CPU) seconds per call, means over enough calls to last ``round_s``."""
+    start, cpu = time.perf_counter(), time.process_time()
     calls = 0
     while True:
         run(x)
         calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= round_s:
-            return elapsed / calls
+            return elapsed / calls, (time.process_time() - cpu) / calls
 
 
 def main():
@@ -121,7 +149,9 @@ def main():
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--round-s", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
+    THREADS["n"] = args.threads
     model = args.model or os.path.join(args.shared, "nets", "sphereface",
                                        "sphereface_deploy.prototxt")
     with tempfile.TemporaryDirectory() as folder:
@@ -136,8 +166,10 @@ def main():
                 runners.append(make())
             except ImportError as exc:
                 print("skipped a peer: %s" % exc)
-        print("%s forward (TEST), float32; %s, %d CPU(s); pyfacelayers on %s"
-              % (os.path.basename(model), cpu_name(), os.cpu_count(), ours.engine))
+        print("%s forward (TEST), float32; %s, %d CPU(s), %s thread(s) each; load average "
+              "%.1f; pyfacelayers on %s" % (os.path.basename(model), cpu_name(),
+                                           os.cpu_count(), args.threads or "default",
+                                           os.getloadavg()[0], ours.engine))
         rng = np.random.default_rng(0)
         for batch in args.batches:
             shape = (batch,) + tuple(ours.net.blobs[ours.input].shape[1:])
@@ -149,16 +181,18 @@ def main():
             for _ in range(args.repeats):
                 for r in runners:
                     times[r.name].append(timed(r.run, x, args.round_s))
-            mine = statistics.median(times[ours.name])
+            mine = statistics.median(w for w, _ in times[ours.name])
+            mine_cpu = statistics.median(c for _, c in times[ours.name])
             ref = outputs[ours.name]
             print("\nbatch %d" % batch)
-            print("%-44s %10s %10s %12s %14s" % ("", "ms/batch", "images/s", "ours/peer",
-                                                 "max rel diff"))
+            print("%-40s %9s %9s %9s %9s %9s %12s" % (
+                "", "wall ms", "images/s", "ours/peer", "CPU ms", "ours/peer", "max rel diff"))
             for r in runners:
-                t = statistics.median(times[r.name])
+                t = statistics.median(w for w, _ in times[r.name])
+                c = statistics.median(c for _, c in times[r.name])
                 diff = np.abs(outputs[r.name] - ref).max() / max(np.abs(ref).max(), 1e-30)
-                print("%-44s %10.2f %10.1f %12.2f %14.2e" % (r.name, 1e3 * t, batch / t,
-                                                             mine / t, diff))
+                print("%-40s %9.2f %9.1f %9.2f %9.2f %9.2f %12.2e" % (
+                    r.name, 1e3 * t, batch / t, mine / t, 1e3 * c, mine_cpu / c, diff))
 
 
 if __name__ == "__main__":
