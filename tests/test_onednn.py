@@ -310,3 +310,15 @@ def test_declarations_match_the_real_headers(tmp_path):
                              "-I", _include(), str(source), "-o", str(tmp_path / "check.o")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_documented_check_runs():
+    """docs/onednn.md: the one-liner that says whether oneDNN loads, and from where."""
+    out = subprocess.run([sys.executable, "-c", "from pyfacelayers.cpu import onednn; "
+                          "print(onednn.available())"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         check=True).stdout
+    if HAVE_ONEDNN:
+        assert out.startswith("(True, 'oneDNN 3.") and "libdnnl.so" in out
+    else:
+        assert out.startswith("(False, 'oneDNN not found")
