@@ -1,11 +1,33 @@
 """SphereFace-20 Forward+Backward on the CPU: pyfacelayers against the FLOP floor and,
 when PyTorch is installed, the same architecture in PyTorch (ratios from one run).
 
-    python bench/net.py [--batch 8] [--iters 3] [--classes 10572] [--shared ../shared]
+    python bench/net.py [--batch 8] [--iters 3] [--classes 10572] [--threads N]
+                        [--shared ../shared]
+
+Convolutions run on oneDNN when it is installed (PYFACELAYERS_CONV_ENGINE=caffe: im2col).
+--threads N gives both sides N threads (OMP_NUM_THREADS / OPENBLAS_NUM_THREADS set before
+the libraries load, torch.set_num_threads); default: each library's own (the machine's
+cores). The CPU-time columns (process CPU seconds per step) are the work itself with
+--threads 1, a fair figure on a machine other processes share.
 """
 
 import argparse
 import os
+
+
+def _threads_from_argv():
+    """--threads must act before numpy / oneDNN load their thread pools."""
+    argv = os.sys.argv
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--threads=") else (
+            argv[i + 1] if arg == "--threads" and i + 1 < len(argv) else None)
+        if value:
+            for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ[name] = value
+    return None
+
+
+_threads_from_argv()
 import statistics
 import sys
 import time
@@ -60,15 +82,16 @@ def time_ours(param, batch, iters):
     net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
     net.blobs["label"].data[...] = rng.integers(0, net.blobs["fc6"].shape[1], batch)
     net.forward_backward()  # warm-up
-    times = []
+    times, cpu = [], []
     for _ in range(iters):
         net.clear_param_diffs()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         net.forward_backward()
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return net, statistics.median(times), peak
+    return net, statistics.median(times), statistics.median(cpu), peak
 
 
 def time_torch(param, batch, iters):
@@ -79,13 +102,15 @@ def time_torch(param, batch, iters):
     data = torch.randn(batch, 3, 112, 96)
     label = torch.randint(0, 10, (batch,)).float()
     model(data, label).backward()
-    times = []
+    times, cpu = [], []
     for _ in range(iters):
         model.zero_grad()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         model(data, label).backward()
         times.append(time.perf_counter() - t)
-    return statistics.median(times), torch.get_num_threads()
+        cpu.append(time.process_time() - c)
+    return statistics.median(times), statistics.median(cpu), torch.get_num_threads(), \
+        torch.__version__
 
 
 def main():
@@ -94,35 +119,50 @@ def main():
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--classes", type=int, default=10572)
     ap.add_argument("--shared", default=os.path.join(HERE, "..", "..", "shared"))
+    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
+    if args.threads:
+        try:
+            import torch
+            torch.set_num_threads(args.threads)
+        except ImportError:
+            pass
     param = sphereface20(args.shared, args.batch, args.classes)
 
-    net, ours, peak = time_ours(param, args.batch, args.iters)
+    net, ours, ours_cpu, peak = time_ours(param, args.batch, args.iters)
     flops = forward_flops(net)
     # Backward: weight and input gradients (2x forward) except no input gradient for
     # the first convolution (the data needs none).
     total = 3 * sum(flops) - flops[0]
     rate = gemm_rate()
     floor = total / rate
-    rows = [("pyfacelayers", ours)]
+    from pyfacelayers.cpu import onednn
+    ok, why = onednn.available()
+    engine = ("oneDNN %d.%d.%d" % onednn.library().version if ok and os.environ.get(
+        "PYFACELAYERS_CONV_ENGINE", "auto") != "caffe" else "im2col")
+    rows = [("pyfacelayers (%s)" % engine, ours, ours_cpu)]
     try:
-        torch_time, threads = time_torch(param, args.batch, args.iters)
-        rows.append(("PyTorch (%d threads)" % threads, torch_time))
+        torch_time, torch_cpu, threads, version = time_torch(param, args.batch, args.iters)
+        rows.append(("PyTorch %s (%d threads)" % (version, threads), torch_time, torch_cpu))
     except ImportError:
         torch_time = None
     rows.append(("FLOP floor (%.1f GFLOP at %.1f GFLOP/s GEMM)" % (total / 1e9, rate / 1e9),
-                 floor))
-
+                 floor, None))
     params = sum(b.count for b in net.learnable_params)
     activations = sum(b.count for b in net.blobs.values())
     analytic = 2 * 4 * (params + activations)  # data + diff, float32
-    print("SphereFace-20 Forward+Backward, batch %d, 112x96, float32, fc6 %d classes, %d CPU(s)"
-          % (args.batch, args.classes, os.cpu_count()))
-    print("%-50s %10s %10s %10s" % ("", "s/batch", "images/s", "vs ours"))
-    for name, t in rows:
-        print("%-50s %10.3f %10.1f %10.2f" % (name, t, args.batch / t, t / ours))
+    print("SphereFace-20 Forward+Backward, batch %d, 112x96, float32, fc6 %d classes, %d CPU(s), "
+          "%s thread(s), load average %.1f" % (args.batch, args.classes, os.cpu_count(),
+                                              args.threads or "default", os.getloadavg()[0]))
+    print("%-50s %9s %9s %9s %9s %9s" % ("", "s/batch", "images/s", "vs ours", "CPU s",
+                                          "vs ours"))
+    for name, t, c in rows:
+        print("%-50s %9.3f %9.1f %9.2f %9s %9s" % (name, t, args.batch / t, t / ours,
+                                                   "%.3f" % c if c else "",
+                                                   "%.2f" % (c / ours_cpu) if c else ""))
     if torch_time:
-        print("ratio ours / PyTorch: %.2f (target <= 1.0)" % (ours / torch_time))
+        print("ratio ours / PyTorch: %.2f wall, %.2f CPU time (target <= 1.0)"
+              % (ours / torch_time, ours_cpu / torch_cpu))
     print("ratio ours / floor:   %.2f" % (ours / floor))
     print("peak traced memory (net + Forward+Backward): %.0f MB; parameters+activations+diffs: "
           "%.0f MB (ratio %.2f)" % (peak / 2 ** 20, analytic / 2 ** 20, peak / analytic))

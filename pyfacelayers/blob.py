@@ -35,7 +35,10 @@ class Blob:
             shape = self._reserve(shape)
             self._shape = shape
             self._data = self._xp.zeros(shape, dtype=self.dtype)
-            self._diff = self._xp.zeros(shape, dtype=self.dtype)
+            # The diff is allocated (zeros) when first used: a net that never runs
+            # backward never holds one. Its bytes are counted now all the same, so the
+            # memory limit cannot be crossed later.
+            self._diff = None
 
     def _reserve(self, shape):
         """Check ``shape`` and its memory (data + diff) before numpy allocates it."""
@@ -97,11 +100,18 @@ class Blob:
 
     @property
     def diff(self):
+        if self._diff is None:
+            self._diff = self._xp.zeros(self._shape, dtype=self.dtype)
         return self._diff
+
+    @property
+    def has_diff(self):
+        """Whether the diff array exists yet (it is made on first use)."""
+        return self._diff is not None
 
     @diff.setter
     def diff(self, value):
-        self._diff[...] = self._checked(value, "diff")
+        self.diff[...] = self._checked(value, "diff")
 
     def _checked(self, value, what):
         shape = tuple(getattr(value, "shape", np.shape(value)))
@@ -157,9 +167,11 @@ class Blob:
         if xp is self._xp:
             return
         if xp is np:
-            self._data, self._diff = backend.to_numpy(self._data), backend.to_numpy(self._diff)
+            self._data = backend.to_numpy(self._data)
+            self._diff = None if self._diff is None else backend.to_numpy(self._diff)
         else:
-            self._data, self._diff = xp.asarray(self._data), xp.asarray(self._diff)
+            self._data = xp.asarray(self._data)
+            self._diff = None if self._diff is None else xp.asarray(self._diff)
         self._xp = xp
 
     def __repr__(self):

@@ -75,6 +75,21 @@ def read_image(path, color=True, where=None):
     return _decode(_open(path, where, color), color)
 
 
+def image_size(source, where=None):
+    """(height, width) of an image file or bytes, from its header (nothing decoded)."""
+    where = where or (source if isinstance(source, str) else "<encoded datum>")
+    if isinstance(source, (bytes, bytearray)):
+        source = _bytes_io.BytesIO(source)
+    elif not os.path.isfile(source):
+        raise FileNotFoundError("image file not found: %s" % where)
+    try:
+        with _pil().open(source) as img:
+            width, height = img.size
+    except Exception as exc:  # Pillow raises several types for undecodable data
+        raise ValueError("could not decode image %s: %s" % (where, exc)) from None
+    return height, width
+
+
 def decode_image(data, color=None, where="<encoded datum>"):
     """Decode image bytes (an encoded Datum) as uint8 HxWxC; see :func:`_decode`."""
     return _decode(_open(_bytes_io.BytesIO(data), where, color), color)

@@ -252,6 +252,7 @@ class Net:
                     for j, need in enumerate(self._bottom_need_backward[i])]
                 layer.param_propagate_down = [True] * len(layer.blobs)
         self.outputs = sorted(available)  # Caffe keeps them in a std::set
+        self._fusions = self._plan_fusions()
         self.params = OrderedDict(
             (name, layer.blobs) for name, layer in zip(self._layer_names, self.layers)
             if layer.blobs)
@@ -330,6 +331,26 @@ class Net:
                 if not self._bottom_need_backward[i][j]:
                     skip.add(name)
 
+    def _plan_fusions(self):
+        """{convolution index: activation index} for the activations a CPU engine may
+        apply inside the convolution before it (oneDNN's post-ops): a ReLU or PReLU
+        right after a Convolution, in place on its only top, where neither layer ever
+        runs backward (a TEST net, or layers no loss reaches). Caffe's results are the
+        same: the blob holds the activated values after that layer either way."""
+        fusions = {}
+        for i in range(len(self.layers) - 1):
+            conv, act = self.layers[i], self.layers[i + 1]
+            if conv.type != "Convolution" or act.type not in ("ReLU", "PReLU"):
+                continue
+            if len(self._tops[i]) != 1 or self._bottoms[i + 1] != self._tops[i] \
+                    or self._tops[i + 1] != self._tops[i]:
+                continue
+            if self._layer_need_backward[i] or self._layer_need_backward[i + 1]:
+                continue
+            fusions[i] = i + 1
+            conv.fusable_activation = act
+        return fusions
+
     # -- running ------------------------------------------------------------------
     def _index(self, name, default):
         if name is None:
@@ -350,13 +371,20 @@ class Net:
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
         before, after = self._hooks["before_forward"], self._hooks["after_forward"]
+        fused = False  # the previous layer applied this one (see _plan_fusions)
         for i in range(start, end + 1):
             for hook in before:
                 hook(i)
             layer, bottom, top = self.layers[i], self._bottoms[i], self._tops[i]
             self._ledger.layer = (layer.name, layer.type)  # names it in a size refusal
             layer.reshape(bottom, top)
-            layer.forward(bottom, top)
+            if fused:
+                fused = False
+            else:
+                if i in self._fusions:  # only when the activation runs in this pass too
+                    layer.fuse_activation = i + 1 <= end
+                layer.forward(bottom, top)
+                fused = getattr(layer, "activation_fused", False)
             for j, weight in self._loss_weights[i]:
                 top[j].diff[...] = weight
                 total = top[j].data.sum()

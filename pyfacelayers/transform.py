@@ -118,15 +118,41 @@ class DataTransformer:
 
     def transform(self, item):
         """Transform one (C, H, W) item (uint8 or float) into a (C, h, w) array of dtype."""
+        return self.apply(item, self.draw(item.shape))
+
+    # A transform is its random draws (made in order from the layer's generator, on the
+    # thread that plans batches) and their application (pure work, any thread).
+    def needs_item_shape(self):
+        """Whether :meth:`draw` needs the item's shape (a random crop)."""
+        return bool(self.param.crop_size) and self.phase == caffe_pb2.TRAIN
+
+    def draw(self, item_shape=None, rng=None):
+        """(mirror, row offset, column offset) for one item, drawn in Caffe's order from
+        ``rng`` (default: the transformer's). ``item_shape`` (C, H, W) is needed only
+        when :meth:`needs_item_shape`."""
+        rng = self.rng if rng is None else rng
+        p = self.param
+        mirror = bool(p.mirror) and bool(rng.integers(2))
+        offsets = None
+        if self.needs_item_shape():
+            _, h, w = item_shape
+            _, out_h, out_w = self.output_shape(item_shape)
+            offsets = (int(rng.integers(h - out_h + 1)), int(rng.integers(w - out_w + 1)))
+        return mirror, offsets
+
+    def apply(self, item, draws):
+        """Transform one (C, H, W) item with the draws :meth:`draw` made for it."""
+        mirror, offsets = draws
         c, h, w = item.shape
         out_c, out_h, out_w = self.output_shape(item.shape)
         p = self.param
-        mirror = bool(p.mirror) and bool(self.rng.integers(2))
         h_off = w_off = 0
         if p.crop_size:
-            if self.phase == caffe_pb2.TRAIN:
-                h_off = int(self.rng.integers(h - out_h + 1))
-                w_off = int(self.rng.integers(w - out_w + 1))
+            if offsets is not None:
+                h_off, w_off = offsets
+                if h_off > h - out_h or w_off > w - out_w:
+                    raise self._error("the item is %d x %d, smaller than when its crop was "
+                                      "drawn" % (h, w))
             else:
                 h_off, w_off = (h - out_h) // 2, (w - out_w) // 2
         window = (slice(None), slice(h_off, h_off + out_h), slice(w_off, w_off + out_w))

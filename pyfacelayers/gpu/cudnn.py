@@ -240,7 +240,8 @@ def available():
 
 # ConvolutionParameter.engine values
 ENGINE_DEFAULT, ENGINE_CAFFE, ENGINE_CUDNN = 0, 1, 2
-ENGINE_CHOICES = ("caffe", "cudnn", "auto")
+# "onednn" names the CPU's engine (cpu/onednn.py); on the GPU it means im2col + cuBLAS.
+ENGINE_CHOICES = ("caffe", "cudnn", "onednn", "auto")
 _warned = set()
 
 
@@ -250,7 +251,8 @@ def engine_wanted(engine):
     CAFFE: never (im2col + cuBLAS). CUDNN: yes when cuDNN loads; otherwise the im2col path
     runs, with one warning per process (Caffe would refuse the layer; running it is more
     useful). DEFAULT: as ``PYFACELAYERS_CONV_ENGINE`` says: ``auto`` (the default: cuDNN
-    when it loads), ``caffe`` or ``cudnn`` (an error when cuDNN is absent).
+    when it loads), ``caffe``, ``cudnn`` (an error when cuDNN is absent); ``onednn``
+    names the CPU engine (here: im2col + cuBLAS).
     """
     if engine == ENGINE_CAFFE:
         return False
@@ -265,7 +267,7 @@ def engine_wanted(engine):
     if choice not in ENGINE_CHOICES:
         raise ValueError("PYFACELAYERS_CONV_ENGINE must be one of %s, got %r"
                          % (", ".join(ENGINE_CHOICES), choice))
-    if choice == "caffe":
+    if choice in ("caffe", "onednn"):
         return False
     if choice == "auto":
         return available()[0]

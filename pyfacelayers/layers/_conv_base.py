@@ -10,8 +10,11 @@ chunk of images is unrolled by im2col (C++ or CUDA) into a (C*kh*kw, n, OH*OW) c
 buffer, so that one matmul per group covers the whole chunk. Chunks keep that buffer
 under COL_BUFFER_ELEMENTS.
 
-On the GPU a 1-D or 2-D Convolution can run on cuDNN instead (``engine: CUDNN``, or
-PYFACELAYERS_CONV_ENGINE for DEFAULT; see ``gpu/cudnn.py``).
+A 1-D or 2-D Convolution can run on an engine loaded at run time instead: cuDNN on the
+GPU (``engine: CUDNN``, or PYFACELAYERS_CONV_ENGINE for DEFAULT; see ``gpu/cudnn.py``),
+oneDNN on the CPU for float32 (by default when it loads; see ``cpu/onednn.py``). The
+engines compute the same products; bias and its gradient stay here except where oneDNN
+adds the bias in its forward pass.
 """
 
 import math
@@ -247,21 +250,82 @@ class ConvolutionBase(Layer):
         if self.bias_term and wants_param_grad(self, 1):
             self.blobs[1].diff[...] += top_diff.sum(axis=(0, 2))
 
-    # -- cuDNN (GPU Convolution) ---------------------------------------------------------
-    def _cudnn(self, data):
-        """The cuDNN convolution for the current shapes when this layer runs on cuDNN,
-        else None (the im2col path runs)."""
-        if self.reverse_dimensions or self.num_spatial_axes > 2 or array_module(data) is np:
+    # -- engines (cuDNN on the GPU, oneDNN on the CPU) ----------------------------------
+    def _engine_conv(self, data):
+        """The engine's convolution for the current shapes when this layer runs on one
+        (cuDNN or oneDNN), else None (the im2col path runs)."""
+        if self.reverse_dimensions or self.num_spatial_axes > 2:
             return None
+        if array_module(data) is np:
+            return self._onednn(data)
+        return self._cudnn(data)
+
+    def _engine_shapes(self):
+        x_shape = (self.num, self.channels) + self._dims2(self.in_spatial)
+        y_shape = (self.num, self.num_output) + self._dims2(self.out_spatial)
+        w_shape = (self.num_output, self.channels // self.group) + tuple(self.k2)
+        return x_shape, w_shape, y_shape
+
+    def _onednn(self, data):
+        if self.dtype != np.float32:
+            return None  # float64 stays on im2col (oneDNN computes float32 only)
+        from ..cpu import onednn
+        try:
+            if not onednn.engine_wanted(self.param.convolution_param.engine):
+                return None
+        except (onednn.OnednnUnavailable, ValueError) as exc:
+            raise self.error(str(exc)) from None
+        x_shape, w_shape, y_shape = self._engine_shapes()
+        if min(x_shape + y_shape) < 1:
+            return None  # empty batch: the im2col path handles it
+        post_op = self._fused_post_op()
+        key = (x_shape, post_op and post_op.key())
+        cached = getattr(self, "_onednn_conv", None)
+        if cached is None or cached[0] != key:
+            try:
+                conv = onednn.Convolution2d(x_shape, w_shape, y_shape, self.p2, self.s2,
+                                            self.d2, self.group, bias=self.bias_term,
+                                            post_op=post_op)
+            except (onednn.OnednnUnavailable, onednn.OnednnError, ValueError) as exc:
+                raise self.error("oneDNN: %s" % exc) from None
+            self._onednn_conv = cached = (key, conv)
+        return cached[1]
+
+    # A net sets ``fusable_activation`` (the ReLU / PReLU layer after this one, see
+    # Net._plan_fusions) and, per pass, ``fuse_activation``; ``activation_fused`` tells
+    # it whether the activation was applied here (oneDNN) or must still run (im2col).
+    fusable_activation = None
+    fuse_activation = False
+    activation_fused = False
+
+    def _fused_post_op(self):
+        """The oneDNN post-op for the activation fused into this pass, or None."""
+        act = self.fusable_activation
+        if act is None or not self.fuse_activation:
+            return None
+        from ..cpu import onednn
+        kind = act.type.lower()
+        if not onednn.fusion_pays(kind):
+            return None
+        if kind == "relu":
+            return onednn.PostOp("relu", negative_slope=float(act.slope))
+        return onednn.PostOp("prelu", channel_shared=act.channel_shared)
+
+    def _post_op_arrays(self):
+        act = self.fusable_activation
+        conv = self._onednn_conv[1]
+        if conv.post_op is None or conv.post_op.kind != "prelu":
+            return {}
+        return {"slopes": act.blobs[0].data.reshape(-1)}
+
+    def _cudnn(self, data):
         from ..gpu import cudnn
         try:
             if not cudnn.engine_wanted(self.param.convolution_param.engine):
                 return None
         except (cudnn.CudnnUnavailable, ValueError) as exc:
             raise self.error(str(exc)) from None
-        x_shape = (self.num, self.channels) + self._dims2(self.in_spatial)
-        y_shape = (self.num, self.num_output) + self._dims2(self.out_spatial)
-        w_shape = (self.num_output, self.channels // self.group) + tuple(self.k2)
+        x_shape, w_shape, y_shape = self._engine_shapes()
         if not cudnn.fits(x_shape, y_shape, w_shape):
             return None  # empty or over cuDNN's int sizes: the im2col path takes it
         key = (x_shape, self.dtype, cudnn.device_of(data))
@@ -280,30 +344,39 @@ class ConvolutionBase(Layer):
         """Spatial dims as the 2-D kernels see them: (1, L) for one axis."""
         return (1,) * (2 - len(spatial)) + tuple(spatial)
 
-    def _cudnn_call(self, what, *args):
+    def _engine_call(self, conv, what, *args, **kwargs):
         try:
-            what(*args)
-        except Exception as exc:  # CudnnError or a shape problem: name the layer
-            raise self.error("cuDNN: %s" % exc) from None
+            what(*args, **kwargs)
+        except Exception as exc:  # the engine's error or a shape problem: name the layer
+            raise self.error("%s: %s" % (getattr(conv, "engine_name", "cuDNN"), exc)) from None
 
-    def _forward_cudnn(self, conv, b, t):
+    def _forward_engine(self, conv, b, t):
         x = self._images(b.data, self.channels, self.in_spatial)
         y = self._images(t.data, self.num_output, self.out_spatial)
-        self._cudnn_call(conv.forward, x, self.blobs[0].data.reshape(conv.w_shape), y)
+        w = self.blobs[0].data.reshape(conv.w_shape)
+        if getattr(conv, "adds_bias", False):  # oneDNN: bias (and post-op) in its pass
+            extra = {"bias": self.blobs[1].data} if self.bias_term else {}
+            extra.update(self._post_op_arrays())
+            self._engine_call(conv, conv.forward, x, w, y, **extra)
+            self.activation_fused = conv.post_op is not None
+            return
+        self._engine_call(conv, conv.forward, x, w, y)
         self._add_bias(t.data.reshape(self.num, self.num_output, -1))
 
-    def _backward_cudnn(self, conv, t, need_w, down, b):
+    def _backward_engine(self, conv, t, need_w, down, b):
         dy = self._images(t.diff, self.num_output, self.out_spatial)
         if need_w:
-            self._cudnn_call(conv.backward_filter,
-                             self._images(b.data, self.channels, self.in_spatial), dy,
-                             self.blobs[0].diff.reshape(conv.w_shape))
+            self._engine_call(conv, conv.backward_filter,
+                              self._images(b.data, self.channels, self.in_spatial), dy,
+                              self.blobs[0].diff.reshape(conv.w_shape))
         if down:
-            self._cudnn_call(conv.backward_data, self.blobs[0].data.reshape(conv.w_shape),
-                             dy, self._images(b.diff, self.channels, self.in_spatial))
+            self._engine_call(conv, conv.backward_data,
+                              self.blobs[0].data.reshape(conv.w_shape), dy,
+                              self._images(b.diff, self.channels, self.in_spatial))
 
     # -- forward / backward ------------------------------------------------------------
     def forward(self, bottom, top):
+        self.activation_fused = False
         for b, t in zip(bottom, top):
             if self.reverse_dimensions:
                 self._forward_deconv(b, t)
@@ -320,9 +393,9 @@ class ConvolutionBase(Layer):
 
     # Convolution: top = W * im2col(bottom) + b
     def _forward_conv(self, b, t):
-        conv = self._cudnn(b.data)
+        conv = self._engine_conv(b.data)
         if conv is not None:
-            return self._forward_cudnn(conv, b, t)
+            return self._forward_engine(conv, b, t)
         x = self._images(b.data, self.channels, self.in_spatial)
         out_pos = int(np.prod(self.out_spatial))
         y = t.data.reshape(self.num, self.num_output, out_pos)
@@ -339,9 +412,9 @@ class ConvolutionBase(Layer):
         need_w = wants_param_grad(self, 0)
         if not (need_w or down):
             return
-        conv = self._cudnn(b.data)
+        conv = self._engine_conv(b.data)
         if conv is not None:
-            return self._backward_cudnn(conv, t, need_w, down, b)
+            return self._backward_engine(conv, t, need_w, down, b)
         x = self._images(b.data, self.channels, self.in_spatial)
         dx = self._images(b.diff, self.channels, self.in_spatial) if down else None
         w = self._weight_groups()

@@ -2,9 +2,10 @@
 
 They have no bottoms and no backward. As in Caffe, ``setup`` shapes the tops from the
 first item (or the parameters), and every ``forward`` reshapes them to the batch it
-produces. Items are read in the order Caffe reads them (Caffe prefetches batches in a
-thread, which does not change that order). Randomness (shuffles, rand_skip, mirror,
-crop) comes from the layer's seeded generator.
+produces. Items are read in the order Caffe reads them. Randomness (shuffles, rand_skip,
+mirror, crop) comes from the layer's seeded generator. ImageData, Data and HDF5Data
+prefetch as Caffe does (``_prefetch.py``): the main thread decides each batch, worker
+threads decode and transform it, with the same order, draws and snapshots as inline.
 
 In a data-parallel job of N ranks (pyfacelayers.parallel), the TRAIN-phase layers deal
 the items out (test nets run on rank 0 alone and read everything):
@@ -19,15 +20,18 @@ the items out (test nets run on rank 0 alone and read everything):
   lines).
 """
 
+import functools
 import os
 import re
 
 import numpy as np
 
 from .. import limits
+from ..errors import LayerError
 from ..parallel import world
 from ..proto import caffe_pb2
 from ..transform import DataTransformer
+from ._prefetch import PrefetchMixin
 from .base import Layer, register
 
 
@@ -56,8 +60,14 @@ class _DataLayer(Layer):
         self._feeder.copy(id(blob), values, blob.data)
 
     def _transformer(self):
+        # The error builder does not hold the layer: prefetch workers use the transformer,
+        # and a layer dropped while they run must be freed (its LMDB closed) at once.
         return DataTransformer(self.param.transform_param, phase=self.phase, dtype=self.dtype,
-                               rng=self.rng, error=self.error)
+                               rng=self.rng, error=self.detached_error())
+
+    def detached_error(self):
+        """self.error without a reference to the layer."""
+        return functools.partial(LayerError, self.name, self.type)
 
     def _shard(self):
         """(this rank, rank count) for dealing items out: (0, 1) outside a data-parallel
@@ -298,7 +308,7 @@ def _read_image_list(path, error):
 
 
 @register
-class ImageDataLayer(_DataLayer):
+class ImageDataLayer(PrefetchMixin, _DataLayer):
     """Images listed in a text file of "path label" lines, decoded to BGR like OpenCV."""
 
     type = "ImageData"
@@ -329,17 +339,18 @@ class ImageDataLayer(_DataLayer):
                 raise self.error("rand_skip drew %d but the list has only %d images"
                                  % (skip, len(self.lines)))
             self.line_id = skip
-        shape = self.transformer.output_shape(self._read(self.line_id).transpose(2, 0, 1).shape)
+        shape = self.transformer.output_shape(
+            self._read(self.lines[self.line_id]).transpose(2, 0, 1).shape)
         top[0].reshape((self.batch_size,) + shape)
         top[1].reshape(self.batch_size)
 
     def _shuffle(self):
-        order = self.rng.permutation(len(self.lines))
+        order = self.draw_rng.permutation(len(self.lines))
         self.lines = [self.lines[i] for i in order]
         self._order = tuple(line[2] for line in self.lines)
 
     # -- state (saved with solver snapshots, so a resumed run reads the same images) --
-    def get_state(self):
+    def _position(self):
         """The next line to read and, when shuffling, the current order (list-file line
         numbers). The values are never changed in place, so the dict stays valid."""
         state = {"line_id": int(self.line_id)}
@@ -349,7 +360,7 @@ class ImageDataLayer(_DataLayer):
             state["offset"] = int(self._offset)
         return state
 
-    def set_state(self, state):
+    def _set_position(self, state):
         """Restore :meth:`get_state`'s dict; the list file must be the same."""
         if not isinstance(state, dict) or set(state) - {"line_id", "order", "offset"}:
             raise self.error("bad saved state %r: expected keys line_id, order and offset"
@@ -375,40 +386,39 @@ class ImageDataLayer(_DataLayer):
         self.line_id = line_id
         self._offset = offset
 
-    def _read(self, index):
+    def _read(self, entry):
+        return _read_listed_image(self.param.image_data_param, entry, self.detached_error())
+
+    def _item_shape(self, entry):
+        """(C, H, W) of an entry's item before the transform, from the image header
+        (only when a random crop needs it)."""
         p = self.param.image_data_param
-        name, _, number = self.lines[index]
-        # Caffe joins root_folder and the name by plain concatenation.
-        path = p.root_folder + name
-        where = "%s (line %d of %s)" % (path, number, p.source)
+        if p.new_height > 0:
+            return (1, p.new_height, p.new_width)
+        path, where = _listed_path(p, entry)
         try:
-            img = self._images.read_image(path, color=p.is_color, where=where)
+            return (1,) + self._images.image_size(path, where)
         except (OSError, ValueError) as exc:
             raise self.error(str(exc)) from None
-        if p.new_height > 0:
-            img = self._images.resize_linear(img, p.new_height, p.new_width)
-        return img
 
-    def forward(self, bottom, top):
-        items, labels = [], []
+    def _plan_batch(self):
+        jobs = []
         rank, count = self._shard()
         if self.param.image_data_param.shuffle:
             rank, count = 0, 1  # each rank its own order (seeded random_seed + rank)
         for _ in range(self.batch_size):
             before, after = _round(self._offset, rank, count)
             self._advance_lines(before)
-            img = self._read(self.line_id)
-            item = self.transformer.transform_image(img)
-            if items and item.shape != items[0].shape:
-                name, _, number = self.lines[self.line_id]
-                raise self.error("image %s (line %d) gives an item of shape %s, but this batch "
-                                 "started with %s (set new_height/new_width or crop_size)"
-                                 % (name, number, item.shape, items[0].shape))
-            items.append(item)
-            labels.append(self.lines[self.line_id][1])
+            entry = self.lines[self.line_id]
+            shape = self._item_shape(entry) if self.transformer.needs_item_shape() else None
+            jobs.append((entry, self.transformer.draw(shape, self.draw_rng)))
             self._advance_lines(1 + after)
-        self._set_top(top[0], np.stack(items))
-        self._set_top(top[1], np.array(labels, dtype=self.dtype))
+        return functools.partial(_make_image_batch, self.param.image_data_param, jobs,
+                                 self.transformer, self.detached_error())
+
+    def forward(self, bottom, top):
+        for blob, values in zip(top, self._take_batch()):
+            self._set_top(blob, values)
 
     def _advance_lines(self, steps):
         for _ in range(steps):
@@ -420,8 +430,53 @@ class ImageDataLayer(_DataLayer):
                     self._shuffle()
 
 
+# -- batch makers: run by prefetch workers; they hold no layer ---------------------------
+def _listed_path(p, entry):
+    name, _, number = entry
+    # Caffe joins root_folder and the name by plain concatenation.
+    path = p.root_folder + name
+    return path, "%s (line %d of %s)" % (path, number, p.source)
+
+
+def _read_listed_image(p, entry, error):
+    from .. import images
+    path, where = _listed_path(p, entry)
+    try:
+        img = images.read_image(path, color=p.is_color, where=where)
+    except (OSError, ValueError) as exc:
+        raise error(str(exc)) from None
+    if p.new_height > 0:
+        img = images.resize_linear(img, p.new_height, p.new_width)
+    return img
+
+
+def _make_image_batch(p, jobs, transformer, error):
+    items = []
+    for entry, draws in jobs:
+        item = transformer.apply(_read_listed_image(p, entry, error).transpose(2, 0, 1), draws)
+        if items and item.shape != items[0].shape:
+            raise error("image %s (line %d) gives an item of shape %s, but this batch "
+                        "started with %s (set new_height/new_width or crop_size)"
+                        % (entry[0], entry[2], item.shape, items[0].shape))
+        items.append(item)
+    labels = np.array([entry[1] for entry, _ in jobs], dtype=transformer.dtype)
+    return [np.stack(items), labels]
+
+
+def _make_datum_batch(jobs, transformer, error):
+    items = []
+    for datum, where, draws in jobs:
+        item = transformer.apply(transformer.datum_item(datum, where), draws)
+        if items and item.shape != items[0].shape:
+            raise error("%s gives an item of shape %s, but this batch started with %s"
+                        % (where, item.shape, items[0].shape))
+        items.append(item)
+    labels = np.array([job[0].label for job in jobs], dtype=transformer.dtype)
+    return [np.stack(items), labels]
+
+
 @register
-class DataLayer(_DataLayer):
+class DataLayer(PrefetchMixin, _DataLayer):
     """Serialized Datums from an LMDB database (Caffe's ``Data`` layer, LMDB backend)."""
 
     type = "Data"
@@ -441,7 +496,7 @@ class DataLayer(_DataLayer):
         self._offset = 0  # records passed since the start (Caffe's offset_, for Skip())
         self._open(p.source)
         if p.rand_skip:
-            for _ in range(int(self.rng.integers(p.rand_skip))):
+            for _ in range(int(self.draw_rng.integers(p.rand_skip))):
                 self._next()
         shape = self.transformer.output_shape(self._item().shape)
         top[0].reshape((self.batch_size,) + shape)
@@ -472,7 +527,7 @@ class DataLayer(_DataLayer):
             self._cursor.first()  # wrap around to the start
 
     # -- state (saved with solver snapshots, so a resumed run reads the same records) --
-    def get_state(self):
+    def _position(self):
         """The key of the next record (hex), and the stream position when it matters
         (dealing records out to ranks)."""
         state = {"key": self._cursor.key().hex()}
@@ -480,7 +535,7 @@ class DataLayer(_DataLayer):
             state["offset"] = int(self._offset)
         return state
 
-    def set_state(self, state):
+    def _set_position(self, state):
         """Move to :meth:`get_state`'s record; the database must still hold it."""
         if not isinstance(state, dict) or "key" not in state or set(state) - {"key", "offset"}:
             raise self.error("bad saved state %r: expected the keys \"key\" and "
@@ -511,34 +566,45 @@ class DataLayer(_DataLayer):
         datum, where = self._datum()
         return self.transformer.datum_item(datum, where)
 
-    def forward(self, bottom, top):
-        items, labels = [], []
+    def _item_shape(self, datum, where):
+        """(C, H, W) of a Datum's item before the transform (for a random crop)."""
+        if not datum.encoded:
+            return (datum.channels, datum.height, datum.width)
+        from .. import images
+        try:
+            return (1,) + images.image_size(datum.data, where)
+        except ValueError as exc:
+            raise self.error(str(exc)) from None
+
+    def _plan_batch(self):
+        jobs = []
         rank, count = self._shard()
         for _ in range(self.batch_size):
             before, after = _round(self._offset, rank, count)
             for _ in range(before):
                 self._next()
             datum, where = self._datum()
-            item = self.transformer.transform(self.transformer.datum_item(datum, where))
-            if items and item.shape != items[0].shape:
-                raise self.error("%s gives an item of shape %s, but this batch started with %s"
-                                 % (where, item.shape, items[0].shape))
-            items.append(item)
-            labels.append(datum.label)
+            shape = self._item_shape(datum, where) if self.transformer.needs_item_shape() \
+                else None
+            jobs.append((datum, where, self.transformer.draw(shape, self.draw_rng)))
             for _ in range(1 + after):
                 self._next()
-        self._set_top(top[0], np.stack(items))
-        if len(top) > 1:
-            self._set_top(top[1], np.array(labels, dtype=self.dtype))
+        return functools.partial(_make_datum_batch, jobs, self.transformer,
+                                 self.detached_error())
+
+    def forward(self, bottom, top):
+        for blob, values in zip(top, self._take_batch()):  # a second top: the labels
+            self._set_top(blob, values)
 
     def __del__(self):
+        PrefetchMixin.__del__(self)
         env = getattr(self, "_env", None)
         if env is not None:
             env.close()
 
 
 @register
-class HDF5DataLayer(_DataLayer):
+class HDF5DataLayer(PrefetchMixin, _DataLayer):
     """Rows of HDF5 datasets (one per top, named like the top) from listed .h5 files."""
 
     type = "HDF5Data"
@@ -572,7 +638,7 @@ class HDF5DataLayer(_DataLayer):
         # shuffle does), so get_state can hand out the tuples kept with them.
         self._set_file_order(np.arange(len(self.files)))
         if p.shuffle:
-            self._set_file_order(self.rng.permutation(self.file_order))
+            self._set_file_order(self.draw_rng.permutation(self.file_order))
         self.current_file = 0
         self._load(self.files[self.file_order[0]])
         self.current_row = 0
@@ -625,7 +691,7 @@ class HDF5DataLayer(_DataLayer):
         self.arrays = arrays
         self._set_row_order(np.arange(rows))
         if self.param.hdf5_data_param.shuffle:
-            self._set_row_order(self.rng.permutation(self.row_order))
+            self._set_row_order(self.draw_rng.permutation(self.row_order))
 
     def _set_file_order(self, order):
         self.file_order = order
@@ -638,7 +704,7 @@ class HDF5DataLayer(_DataLayer):
             self._row_order_saved = tuple(int(i) for i in order)
 
     # -- state (saved with solver snapshots, so a resumed run reads the same rows) ----
-    def get_state(self):
+    def _position(self):
         """The current file and row and, when shuffling, the file and row orders. The
         values are never changed in place, so the dict stays valid."""
         state = {"current_file": int(self.current_file), "current_row": int(self.current_row)}
@@ -649,7 +715,7 @@ class HDF5DataLayer(_DataLayer):
             state["offset"] = int(self._offset)
         return state
 
-    def set_state(self, state):
+    def _set_position(self, state):
         """Restore :meth:`get_state`'s dict; the listed files must be the same."""
         keys = {"current_file", "current_row", "file_order", "row_order", "offset"}
         if not isinstance(state, dict) or set(state) - keys:
@@ -691,26 +757,31 @@ class HDF5DataLayer(_DataLayer):
                 if self.current_file == len(self.files):
                     self.current_file = 0
                     if shuffle:
-                        self._set_file_order(self.rng.permutation(self.file_order))
+                        self._set_file_order(self.draw_rng.permutation(self.file_order))
                 self._load(self.files[self.file_order[self.current_file]])
             self.current_row = 0
             if shuffle:
-                self._set_row_order(self.rng.permutation(self.row_order))
+                self._set_row_order(self.draw_rng.permutation(self.row_order))
 
-    def forward(self, bottom, top):
-        batches = [[] for _ in top]
+    def _plan_batch(self):
+        rows = []  # (the file's arrays, row): a batch may span two files
         rank, count = self._shard()
         for _ in range(self.batch_size):
             before, after = _round(self._offset, rank, count)
             for _ in range(before):
                 self._next()
-            row = self.row_order[self.current_row]
-            for rows, array in zip(batches, self.arrays):
-                rows.append(array[row])
+            rows.append((self.arrays, self.row_order[self.current_row]))
             for _ in range(1 + after):
                 self._next()
-        for blob, rows in zip(top, batches):
-            self._set_top(blob, np.stack(rows))
+        return functools.partial(_stack_rows, rows, len(self.arrays))
+
+    def forward(self, bottom, top):
+        for blob, values in zip(top, self._take_batch()):
+            self._set_top(blob, values)
+
+
+def _stack_rows(rows, count):
+    return [np.stack([arrays[k][row] for arrays, row in rows]) for k in range(count)]
 
 
 def _is_int(value):

@@ -1,0 +1,1 @@
+"""CPU engines loaded at run time beside the numpy/im2col path (``onednn``)."""

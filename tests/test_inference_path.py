@@ -1,0 +1,160 @@
+"""The TEST-phase path: diffs made only when used, and ReLU / PReLU applied inside the
+oneDNN convolution before them (post-ops) where no backward can need the values in
+between; results as the plain layer-by-layer run (im2col) within the net tolerance."""
+
+import os
+
+import numpy as np
+import pytest
+
+from conftest import assert_close
+
+import pyfacelayers as caffe
+from pyfacelayers.cpu import onednn
+
+HAVE_ONEDNN, WHY = onednn.available()
+needs_onednn = pytest.mark.skipif(not HAVE_ONEDNN, reason="oneDNN not installed: %s" % WHY)
+SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared")
+DEPLOY = os.path.join(SHARED, "nets", "sphereface", "sphereface_deploy.prototxt")
+
+SMALL = """
+name: "small"
+input: "data" input_shape { dim: 2 dim: 3 dim: 9 dim: 8 }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+        convolution_param { num_output: 6 kernel_size: 3 pad: 1
+          weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" std: 1 } } }
+layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" relu_param { negative_slope: 0.1 } }
+layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2"
+        convolution_param { num_output: 8 kernel_size: 3 stride: 2 group: 2
+          weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" std: 1 } } }
+layer { name: "p2" type: "PReLU" bottom: "c2" top: "c2"
+        prelu_param { filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "c3" type: "Convolution" bottom: "c2" top: "c3"
+        convolution_param { num_output: 4 kernel_size: 1 bias_term: false
+          weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "r3" type: "ReLU" bottom: "c3" top: "r3" }
+layer { name: "c4" type: "Convolution" bottom: "r3" top: "c4"
+        convolution_param { num_output: 2 kernel_size: 1
+          weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "p4" type: "PReLU" bottom: "c4" top: "c4" prelu_param { channel_shared: true
+          filler { type: "constant" value: -0.3 } } }
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in ("PYFACELAYERS_CONV_ENGINE", "PYFACELAYERS_ONEDNN_LAYOUT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def small_net(tmp_path, phase=caffe.TEST):
+    path = tmp_path / "small.prototxt"
+    path.write_text(SMALL)
+    return caffe.Net(str(path), phase, seed=3)
+
+
+def run(net, x, **kwargs):
+    out = net.forward(data=x, **kwargs)
+    return {k: np.array(v) for k, v in out.items()}, {k: b.data.copy()
+                                                        for k, b in net.blobs.items()}
+
+
+def reference(monkeypatch, make, x, **kwargs):
+    with monkeypatch.context() as patch:
+        patch.setenv("PYFACELAYERS_CONV_ENGINE", "caffe")
+        return run(make(), x, **kwargs)
+
+
+def fused_layers(net):
+    return [net._layer_names[i] for i, layer in enumerate(net.layers)
+            if getattr(layer, "activation_fused", False)]
+
+
+@needs_onednn
+@pytest.mark.parametrize("layout,fused", [("any", ["c1", "c2", "c4"]), ("plain", ["c1"])])
+def test_activations_fused_in_a_test_net_give_the_same_blobs(monkeypatch, tmp_path, layout,
+                                                            fused):
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 8)).astype(np.float32)
+    _, ref = reference(monkeypatch, lambda: small_net(tmp_path), x)
+    monkeypatch.setenv("PYFACELAYERS_ONEDNN_LAYOUT", layout)
+    net = small_net(tmp_path)
+    assert sorted(net._fusions) == [1, 3, 7]  # c3 -> r3 is not in place: never fused
+    _, blobs = run(net, x)
+    assert fused_layers(net) == fused
+    for name in ref:
+        assert_close(blobs[name], ref[name], 1e-5, name)
+    # a blob's value between a convolution and its activation is never stored, as in
+    # Caffe's in-place layers; the PReLU slopes are read at each pass
+    net.params["p2"][0].data[...] *= -1
+    changed, _ = run(net, x)
+    _, ref2 = reference(monkeypatch, lambda: _with_p2_flipped(small_net(tmp_path)), x)
+    assert_close(changed["c4"], ref2["c4"], 1e-5, "c4 after new slopes")
+
+
+def _with_p2_flipped(net):
+    net.params["p2"][0].data[...] *= -1
+    return net
+
+
+@needs_onednn
+def test_a_pass_ending_at_the_convolution_leaves_it_unactivated(monkeypatch, tmp_path):
+    x = np.random.default_rng(1).standard_normal((2, 3, 9, 8)).astype(np.float32)
+    _, ref = reference(monkeypatch, lambda: small_net(tmp_path), x, end="c2")
+    net = small_net(tmp_path)
+    _, blobs = run(net, x, end="c2")
+    assert fused_layers(net) == ["c1"]
+    assert (blobs["c2"] < 0).any()  # no PReLU has run on it
+    assert_close(blobs["c2"], ref["c2"], 1e-5, "c2")
+
+
+@needs_onednn
+def test_nothing_is_fused_where_backward_can_run(tmp_path):
+    with_loss = SMALL.replace('input: "data"', 'input: "t" input_shape { dim: 2 dim: 2 dim: 4 '
+                              'dim: 3 } input: "data"') + (
+        'layer { name: "loss" type: "EuclideanLoss" bottom: "c4" bottom: "t" top: "loss" }')
+    forced = SMALL.replace('name: "small"', 'name: "small" force_backward: true')
+    for text, phase in ((with_loss, caffe.TRAIN), (with_loss, caffe.TEST),
+                        (forced, caffe.TEST)):
+        path = tmp_path / "net.prototxt"
+        path.write_text(text)
+        assert caffe.Net(str(path), phase)._fusions == {}
+
+
+@needs_onednn
+def test_float64_and_im2col_run_the_activation_layers(monkeypatch, tmp_path):
+    x = np.random.default_rng(2).standard_normal((2, 3, 9, 8))
+    path = tmp_path / "small.prototxt"
+    path.write_text(SMALL)
+    net = caffe.Net(str(path), caffe.TEST, seed=3, dtype=np.float64)
+    net.forward(data=x)
+    assert fused_layers(net) == []
+    monkeypatch.setenv("PYFACELAYERS_CONV_ENGINE", "caffe")
+    net = small_net(tmp_path)
+    net.forward(data=x.astype(np.float32))
+    assert fused_layers(net) == []
+
+
+def test_a_net_that_never_runs_backward_holds_no_diffs(tmp_path):
+    net = small_net(tmp_path)
+    net.forward(data=np.ones((2, 3, 9, 8), np.float32))
+    assert not any(b.has_diff for b in net.blobs.values())
+    assert not any(b.has_diff for blobs in net.params.values() for b in blobs)
+    # asked for, a diff is there (zeros), as before
+    assert not net.blobs["c1"].diff.any() and net.blobs["c1"].has_diff
+
+
+@needs_onednn
+@pytest.mark.skipif(not os.path.exists(DEPLOY), reason="needs ../shared (SphereFace nets)")
+@pytest.mark.parametrize("batch", [1, 3])
+def test_sphereface_deploy_through_onednn_matches_im2col(monkeypatch, batch):
+    def make():
+        net = caffe.Net(DEPLOY, caffe.TEST, seed=5)
+        net.blobs["data"].reshape(batch, 3, 112, 96)
+        net.reshape()
+        return net
+    x = np.random.default_rng(batch).standard_normal((batch, 3, 112, 96)).astype(np.float32)
+    out_ref, _ = reference(monkeypatch, make, x)
+    net = make()
+    out, _ = run(net, x)
+    assert len(fused_layers(net)) == 20  # every convolution, with its PReLU
+    assert_close(out["fc5"], out_ref["fc5"], 1e-4, "fc5")
