@@ -10,6 +10,8 @@ original C++ (``imResampleMex.cpp``), so the results are bit-identical to it. Th
 spec is ``shared/reference/preprocess-mtcnn-align.md`` section 4.
 """
 
+import functools
+
 import numpy as np
 
 
@@ -82,6 +84,12 @@ class _Axis:
         self.weight = weight
 
 
+@functools.lru_cache(maxsize=512)
+def _axis(a, b, dtype_char):
+    """The coefficients of one axis, cached: LFW-like data sets repeat the same sizes."""
+    return _Axis(a, b, np.dtype(dtype_char))
+
+
 def _sum_terms(parts):
     total = parts[0]
     for part in parts[1:]:
@@ -139,8 +147,8 @@ def imresample(img, height, width):
     if flat:
         img = img[:, :, None]
     t = img.dtype.type
-    axis_x = _Axis(img.shape[1], width, img.dtype)
-    axis_y = _Axis(img.shape[0], height, img.dtype)
+    axis_x = _axis(img.shape[1], width, img.dtype.char)
+    axis_y = _axis(img.shape[0], height, img.dtype.char)
     r = t(1)
     if axis_x.kind == "sum":
         r = r / t(axis_x.factor)
