@@ -61,6 +61,9 @@ def similarity(points, reference=REFERENCE_POINTS):
                          % (xy.shape, uv.shape))
     if not np.isfinite(uv).all():
         raise ValueError("similarity: the points hold NaN or infinite values")
+    if np.ptp(uv, axis=0).max() == 0:
+        raise ValueError("a similarity fit needs at least 2 distinct points, got %s"
+                         % uv.tolist())
     t1 = _fit_nonreflective(uv, xy)
     mirrored = xy * np.array([-1.0, 1.0])  # a new array: the reference stays untouched
     t2 = _fit_nonreflective(uv, mirrored) @ np.diag([-1.0, 1.0, 1.0])
