@@ -178,7 +178,6 @@ def test_lfw_from_raw_images_to_the_table(tmp_path, capsys):
     weights = str(tmp_path / "tiny.caffemodel")
     Net(str(model), caffe_pb2.TEST, seed=3).save(weights)
     work = tmp_path / "work"
-    lines = []
     assert cli.main(["lfw", "--lfw", lfw, "--pairs", pairs, "--model", str(model),
                      "--weights", weights, "--out", str(work)]) == 0
     out, err = capsys.readouterr()

@@ -97,33 +97,24 @@ def _sum_terms(parts):
     return total
 
 
-def _pass_x(img, axis):
-    """Columns: (H, Wa, C) -> (H, Wb, C), without the global factor."""
-    if axis.kind == "sum":
-        return _sum_terms([img[:, axis.index[:, k]] for k in range(axis.factor)])
-    if axis.kind == "down":
-        return _sum_terms([img[:, axis.index[:, k]] * axis.weight[None, :, k, None]
-                           for k in range(axis.index.shape[1])])
-    w = axis.weight[None, :, None]
-    w1 = axis.weight.dtype.type(1) - w
-    out = img[:, axis.index[:, 0]] * w + img[:, axis.index[:, 1]] * w1
-    out[:, axis.edge] = img[:, axis.index[axis.edge, 0]]
-    return out
-
-
-def _pass_y(img, axis, r):
-    """Rows: (Ha, W, C) -> (Hb, W, C), the global factor ``r`` applied."""
+def _pass(img, axis, r=None):
+    """Resample along the first axis: (a, ...) -> (b, ...). ``r`` None: the x pass
+    (no factor); else the y pass, the global factor ``r`` applied as the C++ does.
+    Gathering whole rows of a contiguous array is what makes this fast."""
     t = img.dtype.type
     if axis.kind == "sum":
-        return _sum_terms([img[axis.index[:, k]] for k in range(axis.factor)]) \
-            * (r / t(axis.factor))
-    weight = axis.weight * r
+        total = _sum_terms([img[axis.index[:, k]] for k in range(axis.factor)])
+        return total if r is None else total * (r / t(axis.factor))
+    weight = axis.weight if r is None else axis.weight * r
+    expand = (slice(None),) + (None,) * (img.ndim - 1)
     if axis.kind == "down":
-        return _sum_terms([img[axis.index[:, k]] * weight[:, k, None, None]
+        return _sum_terms([img[axis.index[:, k]] * weight[:, k][expand]
                            for k in range(axis.index.shape[1])])
-    w = weight[:, None, None]
-    out = img[axis.index[:, 0]] * w + img[axis.index[:, 1]] * (r - w)
-    out[axis.edge] = img[axis.index[axis.edge, 0]] * w[axis.edge]
+    w = weight[expand]
+    rest = (t(1) if r is None else r) - w
+    out = img[axis.index[:, 0]] * w + img[axis.index[:, 1]] * rest
+    first = img[axis.index[axis.edge, 0]]
+    out[axis.edge] = first if r is None else first * w[axis.edge]  # edges: one pixel
     return out
 
 
@@ -153,5 +144,6 @@ def imresample(img, height, width):
     if axis_x.kind == "sum":
         r = r / t(axis_x.factor)
     r = r / t(1 + 1e-6)
-    out = _pass_y(_pass_x(img, axis_x), axis_y, r)
+    columns = _pass(np.ascontiguousarray(img.transpose(1, 0, 2)), axis_x)  # x first
+    out = _pass(np.ascontiguousarray(columns.transpose(1, 0, 2)), axis_y, r)
     return out[:, :, 0] if flat else out
