@@ -2,7 +2,7 @@
 workers and, with --gpu, on the GPU; and what that means for LFW (13,233 images).
 
     python bench/align.py [--images 24] [--root LFW_DIR] [--gpu 0] [--gpu-workers 1,4]
-                          [--shared ../shared]
+                          [--no-cpu] [--shared ../shared]
 
 Without --root, the images are copies of the 250x250 LFW-like reference image
 (``shared/fixtures/preprocess-ref/mtcnn/inputs/sq250_test2.png``), so every image has
@@ -64,6 +64,7 @@ def main():
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--root", help="a data set (<identity>/<image>) to take images from")
     parser.add_argument("--gpu", help="also run on this GPU")
+    parser.add_argument("--no-cpu", action="store_true", help="skip the CPU rows")
     parser.add_argument("--gpu-workers", default="1,4",
                         help="worker counts on the GPU, comma separated (default 1,4)")
     parser.add_argument("--shared", default=os.path.join(os.path.dirname(os.path.dirname(HERE)),
@@ -72,7 +73,7 @@ def main():
     folder = tempfile.mkdtemp(prefix="align-bench-images-")
     try:
         names = make_images(args, folder)
-        configs = [("CPU", 1, None), ("CPU", 2, None)]
+        configs = [] if args.no_cpu else [("CPU", 1, None), ("CPU", 2, None)]
         if args.gpu is not None:
             configs += [("GPU %s" % args.gpu, int(w), args.gpu)
                         for w in args.gpu_workers.split(",") if w]

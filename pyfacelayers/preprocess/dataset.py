@@ -204,7 +204,9 @@ def align_dataset(root, out, images=None, ext="jpg", no_face="skip", version="pi
 
 
 def _run(jobs, version, no_face, workers, gpu):
-    if workers == 1 or len(jobs) <= 1:
+    if not jobs:
+        return
+    if workers == 1 or len(jobs) == 1:
         _init_worker(version, no_face, gpu)
         for job in jobs:
             yield _align_one(job)
