@@ -201,3 +201,24 @@ def test_lfw_from_raw_images_to_the_table(tmp_path, capsys):
     assert cli.main(["lfw", "--lfw", lfw, "--pairs", pairs, "--model", str(model),
                      "--weights", weights, "--out", str(work), "--quiet"]) == 0
     assert capsys.readouterr().out.strip() == out.strip()
+
+
+def test_lfw_refuses_pairs_without_faces_under_skip(tmp_path, capsys):
+    lfw = tmp_path / "lfw"
+    for name in ("Ann", "Bob"):
+        (lfw / name).mkdir(parents=True)
+        for n in (1, 2):
+            PIL.fromarray(np.full((40, 40, 3), 90 * n, np.uint8)).save(
+                str(lfw / name / ("%s_%04d.jpg" % (name, n))))
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("2\t1\nAnn\t1\t2\nAnn\t1\tBob\t1\nBob\t1\t2\nBob\t2\tAnn\t2\n")
+    model = tmp_path / "deploy.prototxt"
+    model.write_text(DEPLOY)
+    rc = cli.main(["lfw", "--lfw", str(lfw), "--pairs", str(pairs), "--model", str(model),
+                   "--weights", "unused.caffemodel", "--out", str(tmp_path / "work"),
+                   "--no-face", "skip", "--quiet"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "4 of the 4 pair images have no aligned face" in err
+    assert "e.g. Ann/Ann_0001, Ann/Ann_0002, Bob/Bob_0001" in err and "--no-face center" in err
+    assert (tmp_path / "work" / "aligned" / "no_face.txt").read_text().count("\n") == 4
