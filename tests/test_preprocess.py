@@ -163,19 +163,23 @@ def test_nms_order_and_methods():
 
 # -- the nets run by pyfacelayers against the original Caffe ---------------------------
 
-def test_nets_match_the_original_caffe(detectors):
+@pytest.mark.parametrize("case", CASES)
+def test_nets_match_the_original_caffe(detectors, case):
     nets = detectors["pinned"].nets
-    pnet = fixture("test1", "pnet")
-    for number in range(1, 19):
+    pnet = fixture(case, "pnet")
+    number = 1
+    # every pyramid level of two images (the end-to-end tests run the others' levels)
+    while case in ("test1", "sq250_test2") and "level%02d_data" % number in pnet.files:
         key = "level%02d_" % number
         reg, prob = nets.pnet(pnet[key + "data"])
         assert_close(prob, pnet[key + "prob1"], 1e-4, key + "prob1")
         assert_close(reg, pnet[key + "conv4_2"], 1e-4, key + "conv4_2")
-    rnet = fixture("test1", "rnet")
+        number += 1
+    rnet = fixture(case, "rnet")
     for got, name in zip(nets.rnet(rnet["data"]), ("conv5_2", "prob1")):
         assert_close(got, rnet[name], 1e-4, "rnet " + name)
-    onet = fixture("test1", "onet")
-    for prefix in ("", "mirror_"):
+    onet = fixture(case, "onet")
+    for prefix in ("", "mirror_"):  # the mirror variant's second ONet call too
         for got, name in zip(nets.onet(onet[prefix + "data"]), ("conv6_2", "conv6_3", "prob1")):
             assert_close(got, onet[prefix + name], 1e-4, "onet " + prefix + name)
 
