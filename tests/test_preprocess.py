@@ -297,3 +297,19 @@ def test_models_ship_in_the_package():
     assert total < 3 * 2 ** 20
     pyproject = open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8").read()
     assert '"data/**/*"' in pyproject
+
+
+def test_images_are_read_as_matlab_imread(tmp_path):
+    pytest.importorskip("PIL.Image", reason="Pillow is not installed")
+    from pyfacelayers.preprocess import read_rgb
+    for case, path in (("test1", ("models", "mtcnn", "test1.jpg")),
+                       ("test2", ("models", "mtcnn", "test2.jpg")),
+                       ("gray_test1", ("fixtures", "preprocess-ref", "mtcnn", "inputs",
+                                       "gray_test1.png"))):
+        # the pixels the reference run decoded (Octave's imread); grey stays 2-D
+        np.testing.assert_array_equal(read_rgb(shared_path(*path)),
+                                      fixture(case, "detect")["image_as_read"])
+    data = open(shared_path("models", "mtcnn", "test1.jpg"), "rb").read()
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match="could not decode image .*cut.jpg"):
+        read_rgb(str(tmp_path / "cut.jpg"))

@@ -16,21 +16,16 @@ from . import alignment as al
 from .mtcnn import MTCNN
 
 JPEG_QUALITY = 75  # MATLAB imwrite's default, as face_align_demo.m writes
-_GREY = ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F")
 
 
 def read_rgb(path, where=None):
     """uint8 (H, W, 3) RGB, or (H, W) for a grey file, as MATLAB's imread. Raises
     FileNotFoundError or ValueError (naming ``where``, default ``path``)."""
-    from ..images import _open, _to_gray
-    where = where or path
-    img = _open(path, where)
-    try:
-        if img.mode in _GREY:
-            return np.ascontiguousarray(_to_gray(img))
-        return np.ascontiguousarray(np.asarray(img.convert("RGB")))
-    except Exception as exc:  # truncated data can surface only at conversion
-        raise ValueError("could not decode image %s: %s" % (where, exc)) from None
+    from ..images import read_image
+    image = read_image(path, color=None, where=where)  # BGR, or H x W x 1 for grey files
+    if image.shape[2] == 1:
+        return np.ascontiguousarray(image[:, :, 0])
+    return np.ascontiguousarray(image[:, :, ::-1])
 
 
 def encode(image, ext):
