@@ -87,7 +87,11 @@ class _Axis:
 @functools.lru_cache(maxsize=512)
 def _axis(a, b, dtype_char):
     """The coefficients of one axis, cached: LFW-like data sets repeat the same sizes."""
-    return _Axis(a, b, np.dtype(dtype_char))
+    axis = _Axis(a, b, np.dtype(dtype_char))
+    for array in vars(axis).values():  # shared by every later call: never modified
+        if isinstance(array, np.ndarray):
+            array.setflags(write=False)
+    return axis
 
 
 def _sum_terms(parts):
