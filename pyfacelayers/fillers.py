@@ -104,9 +104,36 @@ def _xavier(param, shape, rng):
 
 
 def _msra(param, shape, rng):
+    # happynear's fork: std = sqrt(2 / n / (1 + alpha^2)) (alpha 0: BVLC's filler).
     _no_sparse(param)
-    std = math.sqrt(2.0 / _variance_n(param, shape))
+    alpha = float(np.float32(param.alpha))
+    std = math.sqrt(2.0 / _variance_n(param, shape) / (1.0 + alpha * alpha))
     return rng.normal(0.0, std, size=shape)
+
+
+def _gaussian_unitball(param, shape, rng):
+    # happynear's fork: N(0, 1) values, every row (of shape[0]) scaled to unit norm.
+    _no_sparse(param)
+    if len(shape) < 1 or shape[0] == 0:
+        raise ValueError("needs a blob with shape[0] > 0, got %s" % (tuple(shape),))
+    data = rng.normal(0.0, 1.0, size=shape)
+    rows = data.reshape(shape[0], -1)
+    rows /= np.sqrt((rows * rows).sum(axis=1, keepdims=True) + 1e-12)
+    return data
+
+
+def _identity(param, shape, rng):
+    # happynear's fork: zeros and 1 at [i, i] of the (num, count / num) matrix; the
+    # fork requires count / num == count / channels (num == channels).
+    _no_sparse(param)
+    legacy = tuple(shape) + (1,) * (2 - len(shape)) if len(shape) < 2 else tuple(shape)
+    if len(shape) < 1 or legacy[0] == 0 or legacy[0] != legacy[1]:
+        raise ValueError("needs shape[0] == shape[1] (a square identity), got %s"
+                         % (tuple(shape),))
+    data = np.zeros(shape, dtype=np.float64)
+    rows = data.reshape(legacy[0], -1)
+    rows[np.arange(legacy[0]), np.arange(legacy[0])] = 1.0
+    return data
 
 
 def _bilinear(param, shape, rng):
@@ -136,6 +163,8 @@ _FILLERS = {
     "positive_unitball": _positive_unitball,
     "xavier": _xavier,
     "msra": _msra,
+    "gaussian_unitball": _gaussian_unitball,
+    "identity": _identity,
     "bilinear": _bilinear,
 }
 

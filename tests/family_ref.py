@@ -121,7 +121,8 @@ def replay(case, xp=np, semantics="cpu", on_step=None):
             ours["step%d_param_before__%s" % (step, key)] = _param(params, key, to_numpy)
         loss = net.forward_from_to()
         for blob, value in case.step_keys(step, "topdiff").items():
-            net.blobs[blob].diff[...] = xp.asarray(value)
+            target = net.blobs[blob]  # stored in the harness's shape, same count
+            target.diff[...] = xp.asarray(value).reshape(target.shape)
         for blob, value in (case.meta.get("poison_bottom_diff_before_backward") or {}).items():
             net.blobs[blob].diff[...] = value
         if case.meta.get("backward", True):

@@ -4,8 +4,16 @@ s is a learned blob covering ``num_axes`` axes of bottom[0] from ``axis`` (fille
 default constant 1), or the second bottom. With ``bias_term`` a learned bias of s's
 shape follows (filler ``bias_filler``, default constant 0), as Caffe's internal Bias
 layer. Works in place (the input is kept for the gradient of s).
+
+Fork extension (happynear, xialuxi; margin-family.md 3.3): ``min_value`` / ``max_value``
+clamp the scale values IN PLACE (the learned blob, or bottom[1]'s data) before every
+Forward, in any phase: first up to ``min_value``, then down to ``max_value``. The clamp
+has no gradient.
 """
 
+import numpy as np
+
+from ..backend import array_module
 from ..proto import caffe_pb2
 from ._vision_util import broadcast_axes, new_param_blob, outer_dim_inner, wants_param_grad
 from .base import Layer, register
@@ -35,6 +43,10 @@ class ScaleLayer(Layer):
             self.bias_index = len(self.blobs)
             self.blobs.append(new_param_blob(self, shape, filler, "bias_filler"))
         self.bottom_copy = None
+        self.clamp = [float(np.float32(getattr(sp, f))) if sp.HasField(f) else None
+                      for f in ("min_value", "max_value")]
+        if None not in self.clamp and self.clamp[0] > self.clamp[1]:
+            raise self.error("min_value %g is above max_value %g" % tuple(self.clamp))
 
     def _scale(self, bottom):
         return bottom[1] if len(bottom) > 1 else self.blobs[0]
@@ -49,7 +61,17 @@ class ScaleLayer(Layer):
         if top[0] is not bottom[0]:
             top[0].reshape(bottom[0].shape)
 
+    def _clamp_scale(self, scale):
+        low, high = self.clamp
+        xp = array_module(scale.data)
+        if low is not None:
+            xp.maximum(scale.data, scale.dtype.type(low), out=scale.data)
+        if high is not None:
+            xp.minimum(scale.data, scale.dtype.type(high), out=scale.data)
+
     def forward(self, bottom, top):
+        if self.clamp != [None, None]:
+            self._clamp_scale(self._scale(bottom))
         x = bottom[0].data.reshape(self.dims)
         if top[0] is bottom[0]:
             self.bottom_copy = x.copy()
