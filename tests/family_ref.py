@@ -158,7 +158,7 @@ def compare(case, ours, tol=None, skip=()):
     worst = 0.0
     failures = []
     for key, value in ours.items():
-        if key.endswith("_loss"):
+        if key.startswith("step") and key.endswith("_loss") and "__" not in key:
             step = int(key[4:key.index("_")])
             expected = case.meta.get("loss_per_step", [None] * (step + 1))[step]
             if expected is not None and not np.isclose(value, expected, rtol=tol, atol=tol):
