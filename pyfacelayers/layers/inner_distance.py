@@ -176,16 +176,21 @@ class InnerDistance(Layer):
         out[...] = xp.maximum(squares, 0.0)
 
     # -- backward ----------------------------------------------------------------------
-    def _weighted_differences(self, dy, a, b):
+    def _weighted_differences(self, dy, a, b, pairs=None):
         """Rows i of ``a`` against rows j of ``b``: ``sum_j dy[i,j] g(a_i - b_j)`` with
-        g(d) = 2d (L2) or the forks' sign product (L1); shape of ``a``, float64."""
+        g(d) = 2d (L2) or the forks' sign product (L1), over the pairs (i, j) where
+        ``pairs`` is true (all when None); shape of ``a``, float64."""
         xp = array_module(a)
+        if pairs is not None:
+            dy = xp.where(pairs, dy, 0.0)
         if not self.l1:
             return 2.0 * (a * dy.sum(axis=1)[:, None] - dy @ b)
         result = xp.empty(a.shape, np.float64)
         for r0, r1 in _blocks(a.shape[0], b.shape[0] * a.shape[1]):
-            d = a[r0:r1, None, :] - b[None, :, :]
-            result[r0:r1] = buggy_sign_product(dy[r0:r1, :, None], d).sum(axis=1)
+            terms = buggy_sign_product(dy[r0:r1, :, None], a[r0:r1, None, :] - b[None, :, :])
+            if pairs is not None:  # the bug's "- [d < 0]" does not vanish with dy = 0
+                terms = terms * pairs[r0:r1, :, None]
+            result[r0:r1] = terms.sum(axis=1)
         return result
 
     def backward(self, top, propagate_down, bottom):
@@ -199,15 +204,11 @@ class InnerDistance(Layer):
 
         own = len(bottom) == 1
         if (own and self.param_propagate_down[0]) or (not own and propagate_down[1]):
-            if p.update_center_only:
+            pairs = None
+            if p.update_center_only:  # only (label_m, m) pairs move the centres
                 labels, _ = checked_labels(self, xp, bottom[2].data, m, 1, n, None)
-                rows = xp.arange(m)
-                picked = xp.zeros((m, n), np.float64)
-                picked[rows, labels[:, 0]] = dy[rows, labels[:, 0]]
-                dy_centres = picked
-            else:
-                dy_centres = dy
-            grad = self._weighted_differences(dy_centres.T, w, x).astype(self.dtype)
+                pairs = (xp.arange(n)[:, None] == labels[:, 0][None, :])
+            grad = self._weighted_differences(dy.T, w, x, pairs).astype(self.dtype)
             diff = centres.diff.reshape(n, k)
             if own:
                 diff += grad
