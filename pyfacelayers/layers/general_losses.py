@@ -145,7 +145,11 @@ class GeneralContrastiveLoss(_DistanceLoss):
             raise self.error("unknown state keys %s" % sorted(unknown))
         if "intra_mae" in state:
             value = state["intra_mae"]
-            if isinstance(value, bool) or not np.isfinite(float(value)):
+            try:
+                finite = not isinstance(value, bool) and np.isfinite(float(value))
+            except (TypeError, ValueError):
+                finite = False
+            if not finite:
                 raise self.error("state intra_mae must be a finite number, got %r" % (value,))
             self.intra_mae = self.dtype.type(value)
 
