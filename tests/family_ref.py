@@ -18,6 +18,7 @@ the reason, so helpers can land their layers one at a time.
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -158,7 +159,7 @@ def compare(case, ours, tol=None, skip=()):
     worst = 0.0
     failures = []
     for key, value in ours.items():
-        if key.startswith("step") and key.endswith("_loss") and "__" not in key:
+        if re.fullmatch(r"step\d+_loss", key):  # not "step0_data__loss", a blob
             step = int(key[4:key.index("_")])
             expected = case.meta.get("loss_per_step", [None] * (step + 1))[step]
             if expected is not None and not np.isclose(value, expected, rtol=tol, atol=tol):
@@ -174,7 +175,8 @@ def compare(case, ours, tol=None, skip=()):
             continue
         same_nan = np.array_equal(np.isnan(value), np.isnan(expected))
         finite = np.isfinite(expected)
-        if not same_nan or not np.array_equal(value[~finite], expected[~finite]):
+        if not same_nan or not np.array_equal(value[~finite], expected[~finite],
+                                              equal_nan=True):
             failures.append("%s: NaN/inf positions differ" % key)
             continue
         if case.name in ABS_TOL_CASES and case.dtype_key == "f32":

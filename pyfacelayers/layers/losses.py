@@ -1,4 +1,6 @@
-"""Loss and metric layers: SoftmaxWithLoss, EuclideanLoss, Accuracy."""
+"""Loss and metric layers: SoftmaxWithLoss, EuclideanLoss, Accuracy (with happynear's
+fork extensions: per-sample weights as a 3rd bottom, class weights, ``min_is_better``;
+``shared/reference/margin-family.md`` 3.13, 3.14)."""
 
 import numpy as np
 
@@ -22,13 +24,37 @@ def _ignore_label(p):
     return p.ignore_label if p.HasField("ignore_label") else None
 
 
+def _sample_weights(layer, bottom, rows, inner):
+    """The 3rd bottom (per-sample weights) as a (rows, inner) array, or None."""
+    if len(bottom) < 3:
+        return None
+    w = bottom[2].data
+    if w.size != rows * inner:
+        raise layer.error("the weights (bottom 2) have %d values (shape %s), expected one "
+                          "per label: %d" % (w.size, bottom[2].shape, rows * inner))
+    return w.reshape(rows, inner)
+
+
+# happynear's SoftmaxParameter fields that only its GPU code implements (none of the
+# published nets sets them): refused rather than silently ignored.
+_UNSUPPORTED_SOFTMAX = (("hard_ratio", 1.0), ("label_smooth_factor", 0.0))
+
+
 @register
 class SoftmaxWithLossLayer(Layer):
     """Mean of -log(softmax(x)[label]) over counted labels, normalised per
-    loss_param; optional top[1] holds the probabilities."""
+    loss_param; optional top[1] holds the probabilities.
+
+    happynear's fork: an optional 3rd bottom of per-sample weights w and
+    ``softmax_param.class_weight`` cw. Then ``loss = -sum w cw_y log p / norm(sum w cw_y)``
+    (samples with w cw_y = 0 skipped) and the gradient is ``(p - onehot) w cw_y
+    loss_weight / norm(sum w)``: the forward and backward normalisers differ when class
+    weights are given, as the fork's CPU code.
+    """
 
     type = "SoftmaxWithLoss"
-    exact_num_bottom = 2
+    min_num_bottom = 2
+    max_num_bottom = 3
     min_num_top = 1
     max_num_top = 2
     is_loss = True
@@ -40,6 +66,22 @@ class SoftmaxWithLossLayer(Layer):
             self.normalization = _NORM.VALID if p.normalize else _NORM.BATCH_SIZE
         else:
             self.normalization = p.normalization
+        sp = self.param.softmax_param
+        if sp.normalize_type != "Softmax":
+            raise self.error('softmax_param.normalize_type "%s" is not supported (only the '
+                             'default "Softmax"; the fork replaces the softmax by a Normalize '
+                             'layer for "L2"/"L1")' % sp.normalize_type)
+        for field, default in _UNSUPPORTED_SOFTMAX:
+            if getattr(sp, field) != default:
+                raise self.error("softmax_param.%s is not supported (only the fork's GPU code "
+                                 "implements it)" % field)
+        for field in ("cutting_point", "hard_mining_label"):
+            if sp.HasField(field):
+                raise self.error("softmax_param.%s is not supported (only the fork's GPU code "
+                                 "implements it)" % field)
+        self.class_weight = [float(np.float32(v)) for v in sp.class_weight]
+        if any(not np.isfinite(v) for v in self.class_weight):
+            raise self.error("softmax_param.class_weight must be finite")
 
     def reshape(self, bottom, top):
         _check_first_dim(self, bottom)
@@ -55,6 +97,10 @@ class SoftmaxWithLossLayer(Layer):
                 "position, values in [0, %d)), got label blob %s with %d"
                 % (bottom[0].shape, self.axis, outer * inner, channels, bottom[1].shape,
                    bottom[1].count))
+        if self.class_weight and len(self.class_weight) != channels:
+            raise self.error("softmax_param has %d class_weight values for %d classes"
+                             % (len(self.class_weight), channels))
+        _sample_weights(self, bottom, outer, inner)
         top[0].reshape(())
         if len(top) > 1:
             top[1].reshape(bottom[0].shape)
@@ -81,8 +127,15 @@ class SoftmaxWithLossLayer(Layer):
         picked = xp.take_along_axis(self.prob, xp.where(self.valid, self.labels, 0)[:, None],
                                     axis=1)[:, 0]
         logs = -xp.log(xp.maximum(picked, self.dtype.type(_FLT_MIN)))
-        loss = xp.where(self.valid, logs, 0).sum(dtype=self.dtype)
-        count = int(self.valid.sum())
+        self.weights = self._weights(bottom, xp)
+        if self.weights is None:
+            loss = xp.where(self.valid, logs, 0).sum(dtype=self.dtype)
+            count = int(self.valid.sum())
+        else:
+            w, wc = self.weights
+            counted = self.valid & (wc != 0)
+            loss = xp.where(counted, wc * logs, 0).sum(dtype=self.dtype)
+            count = float(xp.where(counted, wc, 0).sum(dtype=self.dtype))
         top[0].data[...] = loss / self.dtype.type(self._normalizer(count))
         if len(top) > 1:
             top[1].data[...] = self.prob.reshape(top[1].shape)
@@ -98,12 +151,34 @@ class SoftmaxWithLossLayer(Layer):
         rows, cols = xp.nonzero(self.valid)
         grad[rows, self.labels[rows, cols], cols] -= 1
         grad *= self.valid[:, None, :]
-        count = int(self.valid.sum())
+        if self.weights is None:
+            count = int(self.valid.sum())
+        else:
+            w, wc = self.weights
+            counted = self.valid & (w != 0)
+            grad *= xp.where(counted, wc, 0)[:, None, :]
+            count = float(xp.where(counted, w, 0).sum(dtype=self.dtype))
         scale = self.dtype.type(loss_weight(top[0]) / self._normalizer(count))
         bottom[0].diff[...] = (grad * scale).reshape(bottom[0].shape)
 
+    def _weights(self, bottom, xp):
+        """(w, w * class_weight[label]) per label, or None for the plain BVLC loss."""
+        outer, _, inner = self.dims
+        w = _sample_weights(self, bottom, outer, inner)
+        if w is None and not self.class_weight:
+            return None
+        if w is None:
+            w = xp.ones((outer, inner), dtype=self.dtype)
+        w = w.astype(self.dtype)
+        if self.class_weight:
+            cw = xp.asarray(self.class_weight, dtype=self.dtype)
+            wc = w * cw[xp.where(self.valid, self.labels, 0)]
+        else:
+            wc = w
+        return w, wc
+
     def allow_force_backward(self, bottom_index):
-        return bottom_index != 1
+        return bottom_index == 0
 
 
 @register
@@ -139,10 +214,15 @@ class EuclideanLossLayer(Layer):
 class AccuracyLayer(Layer):
     """Fraction of counted labels within the top_k scores; optional top[1] holds the
     accuracy per class. Ties rank as Caffe's sort of (score, index) pairs: the
-    higher class index first."""
+    higher class index first.
+
+    happynear's fork: ``min_is_better`` ranks ascending (distances; ties: the lower
+    class index first); an optional 3rd bottom of per-sample weights skips the samples
+    whose weight is 0 (the others count 1)."""
 
     type = "Accuracy"
-    exact_num_bottom = 2
+    min_num_bottom = 2
+    max_num_bottom = 3
     min_num_top = 1
     max_num_top = 2
 
@@ -172,10 +252,16 @@ class AccuracyLayer(Layer):
         scores = bottom[0].data.reshape(self.dims)
         labels, valid = checked_labels(self, xp, bottom[1].data, outer, inner, channels,
                                        self.ignore_label)
+        weights = _sample_weights(self, bottom, outer, inner)
+        if weights is not None:
+            valid = valid & (weights != 0)
         safe = xp.where(valid, labels, 0)
         true = xp.take_along_axis(scores, safe[:, None], axis=1)
         classes = xp.arange(channels).reshape(1, channels, 1)
-        ahead = (scores > true) | ((scores == true) & (classes > safe[:, None]))
+        if self.param.accuracy_param.min_is_better:
+            ahead = (scores < true) | ((scores == true) & (classes < safe[:, None]))
+        else:
+            ahead = (scores > true) | ((scores == true) & (classes > safe[:, None]))
         hit = (ahead.sum(axis=1) < self.top_k) & valid
         count = int(valid.sum())
         hits = int(hit.sum())
@@ -196,4 +282,4 @@ class AccuracyLayer(Layer):
                 b.diff[...] = 0
 
     def allow_force_backward(self, bottom_index):
-        return bottom_index != 1
+        return bottom_index == 0
