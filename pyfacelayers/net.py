@@ -13,7 +13,8 @@ import numpy as np
 from . import backend, limits
 from .blob import Blob
 from .errors import FormatError, NetError
-from .fileio import blob_to_array, legacy_shape_matches, read_caffemodel, read_net
+from .fileio import blob_to_array, legacy_shape_matches, read_net
+from .fileio.weights import read_weights
 from .fileio.atomic import atomic_write
 from .fileio.blobs import blob_chunks, fill_blob, message_chunks
 from .fileio.hdf5_weights import is_hdf5_path, read_hdf5_weights, write_hdf5_weights
@@ -464,7 +465,7 @@ class Net:
             path = str(source)
             if is_hdf5_path(path):  # Caffe picks the reader by the suffix too
                 return self.load_hdf5(path)
-            source = read_caffemodel(path)
+            source = read_weights(path)  # name/type/blobs only: any fork's numbering
         by_name = dict(zip(self._layer_names, self.layers))
         for lp in source.layer:
             layer = by_name.get(lp.name)
