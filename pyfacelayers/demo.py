@@ -1,4 +1,5 @@
-"""The SphereFace toy experiment on scikit-learn's handwritten digits.
+"""The SphereFace toy experiment on handwritten digits: scikit-learn's 8x8 digits by
+default, or MNIST's 28x28 images read from its own IDX files (``--mnist DIR``).
 
 The same small CNN is trained three times with a 2-D (or 3-D) feature layer in front of
 the classifier: (1) the original softmax (inner product with bias), (2) the modified
@@ -8,7 +9,13 @@ solver ship in ``pyfacelayers/data/demo``; training goes through the project's o
 solver (``get_solver``). The result: a table of test accuracy and figures of the learned
 features (on the plane or the sphere) and of the training loss and lambda.
 
-scikit-learn and matplotlib are needed (``pip install 'pyfacelayers[demo]'``).
+Two tables make it easy to grow: ``METHODS`` (one row per loss: its net file, written
+for the digits) and ``DATASETS`` (one row per data set: how to load it, and for images
+of another size the CNN body that replaces the layers in front of "feature" in every
+method's net, and its solver).
+
+matplotlib is needed, and scikit-learn for the digits (``pip install
+'pyfacelayers[demo]'``).
 """
 
 import math
@@ -36,10 +43,25 @@ METHODS = (
 )
 
 
-def require_extras():
-    """Import scikit-learn and matplotlib (Agg backend) or say how to install them."""
+# One data set: a key, a title, the CNN body file replacing the layers before "feature"
+# (None: the method's own net, written for the digits), the solver file, the largest
+# TEST batch, the random shift (pixels) of the training images, and the published
+# accuracies to print beside ours ({method key: accuracy}).
+Dataset = namedtuple("Dataset", "key title body_file solver_file test_batch max_shift "
+                                "published")
+
+DIGITS = Dataset("digits", "digits", None, "solver.prototxt", 1000, 1, {})
+MNIST = Dataset("mnist", "MNIST", "mnist_body.prototxt", "mnist_solver.prototxt", 500, 0,
+                # the A-Softmax MNIST demo that users reproduce
+                {"softmax": 0.9775, "modified": 0.9847, "asoftmax": 0.9896})
+DATASETS = {d.key: d for d in (DIGITS, MNIST)}
+
+
+def require_extras(names=("sklearn", "matplotlib")):
+    """Import ``names`` (scikit-learn, matplotlib: Agg backend) or say how to install
+    them."""
     missing = []
-    for name in ("sklearn", "matplotlib"):
+    for name in names:
         try:
             __import__(name)
         except ImportError:
@@ -85,20 +107,45 @@ def shift_images(x, rng, max_shift=1):
     return out
 
 
-def training_stream(x, y, batch, iters, rng, max_epochs=64, max_shift=1):
-    """The training items in the order the net will read them: shuffled epochs one
-    after another (each image randomly shifted by up to ``max_shift`` pixels), as many
-    as ``iters`` batches need (at most ``max_epochs``; the MemoryData layer cycles
-    after that), cut to a multiple of ``batch``."""
+def training_order(count, batch, iters, rng, max_epochs=64):
+    """Indices of the training items in the order the net will read them: shuffled
+    epochs one after another, as many as ``iters`` batches need (at most
+    ``max_epochs``; the MemoryData layer cycles after that), cut to a multiple of
+    ``batch``."""
     needed = batch * iters
-    epochs = max(1, min(max_epochs, math.ceil(needed / len(x))))
-    order = np.concatenate([rng.permutation(len(x)) for _ in range(epochs)])
-    keep = min(needed, len(order) // batch * batch)
-    order = order[:keep]
+    epochs = max(1, min(max_epochs, math.ceil(needed / count)))
+    order = np.concatenate([rng.permutation(count) for _ in range(epochs)])
+    return order[:min(needed, len(order) // batch * batch)]
+
+
+def gather(x, y, order, rng, max_shift):
+    """The items ``order`` picks, each image randomly shifted by up to ``max_shift``
+    pixels."""
     images = x[order]
     if max_shift:
         images = shift_images(images, rng, max_shift)
     return np.ascontiguousarray(images), np.ascontiguousarray(y[order])
+
+
+def training_stream(x, y, batch, iters, rng, max_epochs=64, max_shift=1):
+    """The training items (:func:`training_order`), each image randomly shifted by up
+    to ``max_shift`` pixels."""
+    return gather(x, y, training_order(len(x), batch, iters, rng, max_epochs), rng,
+                  max_shift)
+
+
+# The training stream is fed in pieces of at most this many bytes (MNIST's 4,000
+# iterations of 64 would otherwise be 800 MB of images at once).
+STREAM_BYTES = 128 << 20
+
+
+def test_batch_size(count, largest):
+    """The largest batch of at most ``largest`` that divides ``count`` (a MemoryData
+    layer takes whole batches)."""
+    for size in range(min(count, largest), 0, -1):
+        if count % size == 0:
+            return size
+    raise ValueError("no test images")
 
 
 # -- net and solver files ----------------------------------------------------------
@@ -107,10 +154,26 @@ def read_text(path, message):
         return text_format.Parse(f.read(), message)
 
 
-def net_param(method, dim, test_batch):
-    """The shipped net of ``method`` with the feature layer's num_output set to ``dim``
-    and the TEST data layer's batch set to ``test_batch`` (the whole test set)."""
+def with_body(param, body_file):
+    """``param`` with the layers before "feature" replaced by those of ``body_file``."""
+    body = read_text(os.path.join(DATA_DIR, body_file), caffe_pb2.NetParameter())
+    names = [layer.name for layer in param.layer]
+    if "feature" not in names:
+        return param  # net_param names the problem
+    head = list(param.layer)[names.index("feature"):]
+    del param.layer[:]
+    param.layer.extend(list(body.layer) + head)
+    param.name = "%s_%s" % (body.name, param.name)
+    return param
+
+
+def net_param(method, dim, test_batch, dataset=DIGITS):
+    """The shipped net of ``method`` (with ``dataset``'s CNN body, if it has one) with
+    the feature layer's num_output set to ``dim`` and the TEST data layer's batch set to
+    ``test_batch``."""
     param = read_text(os.path.join(DATA_DIR, method.net_file), caffe_pb2.NetParameter())
+    if dataset.body_file:
+        param = with_body(param, dataset.body_file)
     found = False
     for layer in param.layer:
         if layer.name == "feature":
@@ -123,11 +186,11 @@ def net_param(method, dim, test_batch):
     return param
 
 
-def solver_param(net_path, iters=None, seed=0):
-    """The shipped solver pointing at ``net_path``; with ``iters``, max_iter is set to
-    it and the learning-rate step values are scaled to match; ``seed`` is added to its
-    random_seed (the weight initialisation)."""
-    param = read_text(os.path.join(DATA_DIR, "solver.prototxt"), caffe_pb2.SolverParameter())
+def solver_param(net_path, iters=None, seed=0, solver_file=DIGITS.solver_file):
+    """The shipped solver ``solver_file`` pointing at ``net_path``; with ``iters``,
+    max_iter is set to it and the learning-rate step values are scaled to match;
+    ``seed`` is added to its random_seed (the weight initialisation)."""
+    param = read_text(os.path.join(DATA_DIR, solver_file), caffe_pb2.SolverParameter())
     param.net = net_path
     param.random_seed += seed
     if iters is not None:
@@ -143,19 +206,22 @@ def solver_param(net_path, iters=None, seed=0):
     return param
 
 
-def write_run_files(method, dim, test_batch, iters, directory, seed=0):
+def write_run_files(method, dim, test_batch, iters, directory, seed=0, dataset=DIGITS):
     """Write the net and solver of one run into ``directory``; returns the solver path."""
     os.makedirs(directory, exist_ok=True)
-    net_path = os.path.join(directory, "%s_%dd_net.prototxt" % (method.key, dim))
-    solver_path = os.path.join(directory, "%s_%dd_solver.prototxt" % (method.key, dim))
+    prefix = "" if dataset is DIGITS else dataset.key + "_"
+    net_path = os.path.join(directory, "%s%s_%dd_net.prototxt" % (prefix, method.key, dim))
+    solver_path = os.path.join(directory, "%s%s_%dd_solver.prototxt"
+                               % (prefix, method.key, dim))
     header = "# Written by `pyfacelayers demo` from pyfacelayers/data/demo/%s\n"
     with open(net_path, "w") as f:
-        f.write(header % method.net_file)
-        f.write(text_format.MessageToString(net_param(method, dim, test_batch)))
+        f.write(header % (method.net_file + (" and " + dataset.body_file
+                                             if dataset.body_file else "")))
+        f.write(text_format.MessageToString(net_param(method, dim, test_batch, dataset)))
     with open(solver_path, "w") as f:
-        f.write(header % "solver.prototxt")
+        f.write(header % dataset.solver_file)
         f.write(text_format.MessageToString(
-            solver_param(os.path.abspath(net_path), iters, seed)))
+            solver_param(os.path.abspath(net_path), iters, seed, dataset.solver_file)))
     return solver_path
 
 
@@ -205,21 +271,27 @@ class RunResult:
         self.seconds = 0.0
 
 
-def train_one(method, data, dim, iters, run_dir, seed=0, quiet=False, max_shift=1):
-    """Train ``method`` through the project's solver; returns a RunResult with the loss
-    (and lambda) of every iteration, the test accuracy and the test-set features.
-    ``seed`` picks the initial weights and the order (and shifts) of the training
-    items; the three methods get the same ones."""
+def train_one(method, data, dim, iters, run_dir, seed=0, quiet=False, max_shift=None,
+              dataset=DIGITS):
+    """Train ``method`` on ``dataset`` through the project's solver; returns a RunResult
+    with the loss (and lambda) of every iteration, the test accuracy and the test-set
+    features. ``seed`` picks the initial weights and the order (and shifts) of the
+    training items; the methods get the same ones. ``max_shift``: the data set's by
+    default."""
     from . import get_solver
 
     x_train, y_train, x_test, y_test = data
-    solver_path = write_run_files(method, dim, len(x_test), iters, run_dir, seed)
+    if max_shift is None:
+        max_shift = dataset.max_shift
+    test_batch = test_batch_size(len(x_test), dataset.test_batch)
+    solver_path = write_run_files(method, dim, test_batch, iters, run_dir, seed, dataset)
     solver = get_solver(solver_path)
     net = solver.net
     batch = net.blobs["data"].shape[0]
-    stream_x, stream_y = training_stream(x_train, y_train, batch, iters,
-                                         np.random.default_rng(seed), max_shift=max_shift)
-    net.set_input_arrays(stream_x, stream_y)
+    rng = np.random.default_rng(seed)
+    order = training_order(len(x_train), batch, iters, rng)
+    # Whole batches per piece; the layer cycles through the order as Caffe's would.
+    piece_iters = max(1, STREAM_BYTES // (batch * x_train[0].nbytes))
 
     result = RunResult(method, dim)
     progress = None if quiet else Progress(method.title, iters)
@@ -237,14 +309,24 @@ def train_one(method, data, dim, iters, run_dir, seed=0, quiet=False, max_shift=
 
     solver.add_iteration_callback(after_iteration)
     start = time.perf_counter()
-    solver.step(iters)
+    done = 0
+    while done < iters:
+        step = min(piece_iters, iters - done)
+        positions = np.arange(done * batch, (done + step) * batch) % len(order)
+        net.set_input_arrays(*gather(x_train, y_train, order[positions], rng, max_shift))
+        solver.step(step)
+        done += step
     result.seconds = time.perf_counter() - start
 
     test_net = solver.test_nets[0]
     test_net.set_input_arrays(x_test, y_test)
-    test_net.forward()
-    result.accuracy = float(to_numpy(test_net.blobs["accuracy"].data).reshape(-1)[0])
-    result.features = to_numpy(test_net.blobs["feature"].data).copy()
+    correct, features = 0.0, []
+    for _ in range(len(x_test) // test_batch):
+        test_net.forward()
+        correct += test_batch * float(to_numpy(test_net.blobs["accuracy"].data).reshape(-1)[0])
+        features.append(to_numpy(test_net.blobs["feature"].data).copy())
+    result.accuracy = correct / len(x_test)
+    result.features = np.concatenate(features)
     result.labels = y_test.astype(int)
     result.weights = to_numpy(test_net.params["classifier"][0].data).copy()
     return result
@@ -260,7 +342,7 @@ def _unit(v):
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
-def plot_features_2d(results, path):
+def plot_features_2d(results, path, data_title="digits"):
     """Row 1: the learned features of the test set on the plane, coloured by digit, with
     each class's weight direction. Row 2: the same features normalised, on the unit
     circle (the angle is all the normalised classifiers look at)."""
@@ -272,7 +354,9 @@ def plot_features_2d(results, path):
     for col, res in enumerate(results):
         f, y = res.features, res.labels
         top, bottom = axes[0, col], axes[1, col]
-        reach = max(float(np.percentile(np.linalg.norm(f, axis=1), 99)) * 1.1, 1e-6)
+        norms = np.linalg.norm(f, axis=1)
+        norms = norms[np.isfinite(norms)]  # a diverged run still gets its figure
+        reach = max(float(np.percentile(norms, 99)) * 1.1 if len(norms) else 1.0, 1e-6)
         for c in range(10):
             pts = f[y == c]
             top.scatter(pts[:, 0], pts[:, 1], s=7, color=cmap(c), alpha=0.75, label=str(c),
@@ -300,13 +384,14 @@ def plot_features_2d(results, path):
             ax.axhline(0, color="0.85", lw=0.5, zorder=0)
             ax.axvline(0, color="0.85", lw=0.5, zorder=0)
     axes[0, 0].legend(title="digit", fontsize=7, markerscale=2, loc="upper left", ncol=2)
-    fig.suptitle("Learned 2-D features of the digits test set (dashed: weight directions)")
+    fig.suptitle("Learned 2-D features of the %s test set (dashed: weight directions)"
+                 % data_title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def plot_features_3d(results, path):
+def plot_features_3d(results, path, data_title="digits"):
     """The learned 3-D features of the test set: row 1 as they are, row 2 normalised
     onto the unit sphere, with the weight directions."""
     import matplotlib.pyplot as plt
@@ -340,7 +425,7 @@ def plot_features_3d(results, path):
                                        if row == 0 else ""))
             ax.tick_params(labelsize=6)
     fig.axes[0].legend(title="digit", fontsize=7, markerscale=2, loc="upper left", ncol=2)
-    fig.suptitle("Learned 3-D features of the digits test set")
+    fig.suptitle("Learned 3-D features of the %s test set" % data_title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -401,16 +486,24 @@ def angles(features, labels, weights):
     return own, theta.min(axis=1)
 
 
-def format_table(results):
+def format_table(results, published=None):
+    """The results table; ``published``: {method key: accuracy} to show beside ours."""
     fmt = "%-17s %9s %10s %11s %13s %8s"
     lines = [fmt % ("method", "test acc.", "train loss", "angle: own", "nearest other",
-                    "time (s)")]
+                    "time (s)") + ("  published" if published else "")]
     for res in results:
         tail = res.losses[-max(1, len(res.losses) // 20):]
         own, other = angles(res.features, res.labels, res.weights)
-        lines.append("%-17s %8.2f%% %10.4f %11.1f %13.1f %8.1f" % (
+        line = "%-17s %8.2f%% %10.4f %11.1f %13.1f %8.1f" % (
             res.method.title, 100 * res.accuracy, float(np.mean(tail)), float(np.mean(own)),
-            float(np.mean(other)), res.seconds))
+            float(np.mean(other)), res.seconds)
+        if published:
+            known = published.get(res.method.key)
+            line += "  %9s" % ("%.2f%%" % (100 * known) if known is not None else "-")
+        lines.append(line)
+    if published:
+        lines.append("published: the A-Softmax MNIST demo's test accuracies (its own CNN "
+                     "and schedule)")
     lines.append("angle: mean over the test set, in degrees, between a feature and its "
                  "class's weight row (own)\nand the closest other class's weight row; "
                  "train loss: mean of the last 5% of iterations\n(A-Softmax's includes "
@@ -436,19 +529,27 @@ def blas_threads(count):
 
 
 def run_demo(out_dir="pyfacelayers-demo", dim=2, iters=None, gpu=False, seed=0,
-             methods=METHODS, quiet=False, stdout=None, threads=1):
-    """Run the three trainings and write the figures; returns the list of RunResults.
+             methods=METHODS, quiet=False, stdout=None, threads=1, mnist=None):
+    """Run the trainings (one per method) and write the figures; returns the list of
+    RunResults.
 
     ``gpu``: train on the GPU when one is usable (else say why and use the CPU).
-    ``threads``: BLAS threads on the CPU (None: the library's default)."""
+    ``threads``: BLAS threads on the CPU (None: the library's default).
+    ``mnist``: a folder with MNIST's IDX files: train on them instead of the digits."""
     stdout = stdout or sys.stdout
-    require_extras()
+    dataset = MNIST if mnist else DIGITS
+    require_extras(("matplotlib",) if mnist else ("sklearn", "matplotlib"))
     if dim not in (2, 3):
         raise ValueError("--dim must be 2 or 3, got %d" % dim)
     if iters is not None and iters < 1:
         raise ValueError("--iters must be positive, got %d" % iters)
     if iters is None:
-        iters = solver_param("").max_iter
+        iters = solver_param("", solver_file=dataset.solver_file).max_iter
+    if mnist:
+        from .mnist import load_mnist
+        data = load_mnist(mnist)  # before training anything: bad files fail at once
+    else:
+        data = load_digits_split(seed)
     from . import set_mode_cpu, set_mode_gpu
 
     set_mode_cpu()
@@ -460,28 +561,32 @@ def run_demo(out_dir="pyfacelayers-demo", dim=2, iters=None, gpu=False, seed=0,
             gpu = False
     try:
         with blas_threads(None if gpu else threads):
-            return _run_demo(out_dir, dim, iters, gpu, seed, methods, quiet, stdout)
+            return _run_demo(out_dir, dim, iters, gpu, seed, methods, quiet, stdout,
+                             dataset, data)
     finally:
         set_mode_cpu()
 
 
-def _run_demo(out_dir, dim, iters, gpu, seed, methods, quiet, stdout):
+def _run_demo(out_dir, dim, iters, gpu, seed, methods, quiet, stdout, dataset, data):
     os.makedirs(out_dir, exist_ok=True)
-    data = load_digits_split(seed)
-    print("digits: %d train, %d test images (8x8); feature dimension %d; %d iterations "
-          "per run; %s" % (len(data[0]), len(data[2]), dim, iters, "GPU" if gpu else "CPU"),
-          file=stdout)
+    side = data[0].shape[-1]
+    print("%s: %d train, %d test images (%dx%d); feature dimension %d; %d iterations "
+          "per run; %s" % (dataset.title, len(data[0]), len(data[2]), side, side, dim, iters,
+                           "GPU" if gpu else "CPU"), file=stdout)
     start = time.perf_counter()
     results = [train_one(m, data, dim, iters, os.path.join(out_dir, "nets"), seed=seed,
-                         quiet=quiet) for m in methods]
+                         quiet=quiet, dataset=dataset) for m in methods]
     total = time.perf_counter() - start
 
-    feature_png = os.path.join(out_dir, "features_%dd.png" % dim)
-    training_png = os.path.join(out_dir, "training_%dd.png" % dim)
-    (plot_features_2d if dim == 2 else plot_features_3d)(results, feature_png)
+    # The digits keep their historical names; other data sets add their key.
+    tag = "%dd" % dim if dataset is DIGITS else "%s_%dd" % (dataset.key, dim)
+    feature_png = os.path.join(out_dir, "features_%s.png" % tag)
+    training_png = os.path.join(out_dir, "training_%s.png" % tag)
+    (plot_features_2d if dim == 2 else plot_features_3d)(results, feature_png,
+                                                         dataset.title)
     plot_training(results, training_png)
-    table = format_table(results)
-    table_txt = os.path.join(out_dir, "results_%dd.txt" % dim)
+    table = format_table(results, dataset.published)
+    table_txt = os.path.join(out_dir, "results_%s.txt" % tag)
     with open(table_txt, "w") as f:
         f.write(table + "\n")
     print("\n" + table, file=stdout)

@@ -212,17 +212,51 @@ def _resize_nearest(im, new_dims, centre_aligned):
     return out
 
 
-def resize_image(im, new_dims, interp_order=1):
+def _gaussian_axis(array, axis, sigma, truncate=4.0):
+    """``array`` smoothed along ``axis`` by a Gaussian of ``sigma`` pixels, zero outside
+    (scipy.ndimage.gaussian_filter1d with mode='constant', cval=0, truncate=4)."""
+    radius = int(truncate * sigma + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    weights /= weights.sum()
+    size = array.shape[axis]
+    pad = [(0, 0)] * array.ndim
+    pad[axis] = (radius, radius)
+    padded = np.pad(array, pad)
+    out = np.zeros_like(array)
+    for k, w in zip(offsets, weights):
+        out += w * np.take(padded, np.arange(size) + radius + k, axis=axis)
+    return out
+
+
+def anti_alias(unit, new_dims):
+    """What newer scikit-image's ``resize`` does before interpolating when it shrinks
+    (its ``anti_aliasing``, on by default in newer releases): a Gaussian blur of sigma
+    ``(in / out - 1) / 2`` along each shrunk axis, zero outside."""
+    out = unit
+    for axis, n_out in enumerate(new_dims):
+        sigma = (unit.shape[axis] / n_out - 1) / 2
+        if sigma > 0:
+            out = _gaussian_axis(out, axis, sigma)
+    return out
+
+
+def resize_image(im, new_dims, interp_order=1, anti_aliasing=False):
     """Resize an (H, W, K) image to ``new_dims`` = (height, width); returns float32.
 
     As pycaffe: images of 1 or 3 channels are scaled to [0, 1], resized as
     scikit-image's ``resize(order=interp_order, mode='constant')`` (pixel-centre
-    mapping, zero outside the image, no anti-aliasing) and scaled back; a constant
-    image is returned as that constant. Other channel counts are resized as
-    ``scipy.ndimage.zoom`` (corner-aligned; scipy's habit of zeroing a last sample
-    that rounding puts just past the edge is not copied). Orders 0 (nearest) and
-    1 (linear). Newer scikit-image versions anti-alias when shrinking; pycaffe's
-    original (and this) does not.
+    mapping, zero outside the image) and scaled back; a constant image is returned as
+    that constant. Other channel counts are resized as ``scipy.ndimage.zoom``
+    (corner-aligned; scipy's habit of zeroing a last sample that rounding puts just
+    past the edge is not copied). Orders 0 (nearest) and 1 (linear).
+
+    Which scikit-image: pycaffe calls ``resize`` without ``anti_aliasing``, so what it
+    computes depends on the installed scikit-image. By default this follows the
+    releases pycaffe was written against (no anti-aliasing: each output pixel
+    interpolates the nearest input pixels, even when shrinking a lot).
+    ``anti_aliasing=True`` follows the newer releases, where ``resize`` blurs first
+    when it shrinks (:func:`anti_alias`); 1- and 3-channel images only.
     """
     if interp_order not in (0, 1):
         raise ValueError("resize_image supports interp_order 0 (nearest) or 1 (linear), got %r"
@@ -239,6 +273,8 @@ def resize_image(im, new_dims, interp_order=1):
         if high <= low:
             return np.full(new_dims + (im.shape[-1],), low, dtype=np.float32)
         unit = (im.astype(np.float64) - low) / (high - low)
+        if anti_aliasing:
+            unit = anti_alias(unit, new_dims)
         resized = resize(unit, new_dims, centre_aligned=True)
         resized = np.clip(resized, 0.0, 1.0) * (high - low) + low
     else:

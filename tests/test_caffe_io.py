@@ -142,6 +142,39 @@ def test_resize_image_matches_scikit_image_constant_mode():
         cio.resize_image(im, (3, 3), interp_order=3)
 
 
+def test_resize_image_anti_aliasing_as_newer_scikit_image():
+    """anti_aliasing=True: a Gaussian of sigma (in/out - 1)/2 on each shrunk axis, zero
+    outside (scipy.ndimage.gaussian_filter, mode constant), then the plain resize."""
+    rng = np.random.default_rng(0)
+    im = rng.random((37, 29, 3)) * 4 - 1
+    got = cio.resize_image(im, (11, 40), anti_aliasing=True)
+    unit = (im - im.min()) / (im.max() - im.min())
+    ndimage = pytest.importorskip("scipy.ndimage")
+    blurred = ndimage.gaussian_filter(unit, ((37 / 11 - 1) / 2, 0, 0), mode="constant")
+    from pyfacelayers.io import anti_alias
+    np.testing.assert_allclose(anti_alias(unit, (11, 40)), blurred, rtol=1e-12, atol=1e-12)
+    both = ndimage.gaussian_filter(unit, ((37 / 11 - 1) / 2, (29 / 7 - 1) / 2, 0),
+                                   mode="constant")
+    np.testing.assert_allclose(anti_alias(unit, (11, 7)), both, rtol=1e-12, atol=1e-12)
+    # growing: nothing to blur
+    np.testing.assert_array_equal(cio.resize_image(im, (40, 30), anti_aliasing=True),
+                                  cio.resize_image(im, (40, 30)))
+    assert not np.allclose(got, cio.resize_image(im, (11, 40)), atol=1e-2)
+
+
+def test_resize_image_both_behaviours_match_scikit_image_when_installed():
+    transform = pytest.importorskip("skimage.transform")
+    rng = np.random.default_rng(1)
+    im = rng.random((50, 23, 3))
+    unit = (im - im.min()) / (im.max() - im.min())
+    for anti_aliasing in (False, True):
+        want = transform.resize(unit, (13, 9), order=1, mode="constant",
+                                anti_aliasing=anti_aliasing)
+        want = want * (im.max() - im.min()) + im.min()
+        np.testing.assert_allclose(cio.resize_image(im, (13, 9), anti_aliasing=anti_aliasing),
+                                   want, rtol=1e-5, atol=1e-6)
+
+
 def test_oversample_corners_centre_and_mirrors():
     images = [np.random.default_rng(i).random((6, 5, 2)) for i in range(2)]
     crops = cio.oversample(images, (4, 3))

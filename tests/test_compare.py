@@ -364,15 +364,17 @@ def test_dump_script_does_not_import_pyfacelayers():
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0])
     assert "pyfacelayers" not in imported
-    assert imported <= {"argparse", "json", "os", "sys", "numpy", "caffe", "google"}
+    # scikit-image: what pycaffe's caffe.io itself uses (only for an image list)
+    assert imported <= {"argparse", "json", "os", "sys", "numpy", "caffe", "google",
+                        "skimage"}
 
 
-def _run_dump(tmp_path, *argv):
+def _run_dump(tmp_path, *argv, shim_code=""):
     shim = tmp_path / "shim"
     shim.mkdir(exist_ok=True)
     (shim / "caffe.py").write_text(
         "# stands in for pycaffe in this test\nimport sys\nimport pyfacelayers\n"
-        "sys.modules[__name__] = pyfacelayers\n")
+        "sys.modules[__name__] = pyfacelayers\n" + shim_code)
     env = child_env(shim)
     return subprocess.run([sys.executable, DUMP_SCRIPT] + list(argv), env=env,
                           capture_output=True, text=True, timeout=120)
@@ -524,3 +526,220 @@ def test_dump_script_top_diff_for_a_net_without_loss(tmp_path):
     np.savez(str(tmp_path / "bad.npz"), ip=np.zeros((3, 4), np.float32))
     done = _run_dump(tmp_path, *common, "--top-diff", str(tmp_path / "bad.npz"))
     assert done.returncode != 0 and "has shape (3, 4)" in done.stderr
+
+
+# -- what a user meets with a real pycaffe (issue 16, part 6) ------------------------------
+def test_phase_other_than_the_dumps_is_refused(b1_full_dump):
+    model, weights, _ = b1_paths()
+    code, _ = run_cli("--model", model, "--weights", weights, "--reference", b1_full_dump,
+                      "--phase", "TRAIN")
+    assert code == 0
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        code = cli.main(["compare", "--model", model, "--weights", weights, "--reference",
+                         b1_full_dump, "--phase", "TEST", "--json"])
+    error = json.loads(buf.getvalue())["error"]
+    assert code == 2 and "--phase TEST, but the reference was dumped in phase TRAIN" in error
+
+
+def _small(tmp_path, name, text=SMALL_NET, seed=3):
+    model = str(tmp_path / (name + ".prototxt"))
+    with open(model, "w") as f:
+        f.write(text)
+    weights = str(tmp_path / (name + ".caffemodel"))
+    caffe.Net(model, caffe.TEST, seed=seed).save(weights)
+    return model, weights
+
+
+def _dump_like_the_tool(model, weights, path, backward=False, top=None, **meta):
+    """What tools/dump_caffe_blobs.py writes, made with our capture."""
+    net = caffe.Net(model, weights, caffe.TEST) if weights else caffe.Net(model, caffe.TEST,
+                                                                         seed=11)
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    arrays, info = C.capture(net, {"data": x}, backward=backward, top_diff=top)
+    full = {"tool": "dump_caffe_blobs.py", "phase": "TEST", "net_name": info["net_name"],
+            "layers": info["layers"],
+            "weights": os.path.basename(weights) if weights else None}
+    full.update(meta)
+    C.save_reference(path, full, arrays)
+    return path
+
+
+def test_a_dump_of_another_net_with_the_same_name_says_so(tmp_path):
+    model, weights = _small(tmp_path, "small")
+    other, other_weights = _small(tmp_path, "other", SMALL_NET.replace('"ReLU"', '"Sigmoid"'))
+    ref = _dump_like_the_tool(other, other_weights, str(tmp_path / "other.npz"))
+    with pytest.raises(C.CompareError, match=r'another net with the same name "small": it '
+                                             r'has "relu" \(Sigmoid\) where this net has '
+                                             r'"relu" \(ReLU\) after "ip" \(2 layers there, '
+                                             r'2 here'):
+        C.compare_net(model, weights, ref)
+    code, _ = run_cli("--model", model, "--weights", weights, "--reference", ref)
+    assert code == 2
+    # the same layers, other sizes
+    wider, wider_weights = _small(tmp_path, "wider", SMALL_NET.replace("num_output: 4",
+                                                                       "num_output: 5"))
+    ref = _dump_like_the_tool(wider, wider_weights, str(tmp_path / "wider.npz"))
+    with pytest.raises(C.CompareError, match=r'parameter 0 of layer "ip" has shape \(5, 3\) '
+                                             r'there, \(4, 3\) here'):
+        C.compare_net(model, weights, ref)
+    # one layer more there
+    longer, longer_weights = _small(tmp_path, "longer", SMALL_NET.replace(
+        "force_backward", 'layer { name: "act" type: "TanH" bottom: "ip" top: "act" }\n'
+                          "force_backward"))
+    ref = _dump_like_the_tool(longer, longer_weights, str(tmp_path / "longer.npz"))
+    with pytest.raises(C.CompareError, match=r'3 layers there, 2 here, not counting Input '
+                                             r'and Split layers; the reference goes on '
+                                             r'with "act" \(TanH\)'):
+        C.compare_net(model, weights, ref)
+    # and the same net passes
+    assert C.compare_net(model, weights, _dump_like_the_tool(
+        model, weights, str(tmp_path / "same.npz"))).passed
+
+
+def test_a_dump_made_without_weights_is_explained_at_the_first_parameter(tmp_path):
+    model, weights = _small(tmp_path, "small")
+    ref = _dump_like_the_tool(model, None, str(tmp_path / "noweights.npz"))
+    report = C.compare_net(model, weights, ref)
+    first = report.first_failure
+    assert first.key == "param/ip/0"
+    assert "dumped without --weights" in first.note and "--weights small.caffemodel" \
+        in first.note
+    code, out = run_cli("--model", model, "--weights", weights, "--reference", ref)
+    assert code == 1 and "note: the reference was dumped without --weights" in out
+    # dumped with weights, compared without them
+    ref = _dump_like_the_tool(model, weights, str(tmp_path / "weights.npz"))
+    report = C.compare_net(model, None, ref)
+    assert "dumped with --weights small.caffemodel; give the same file" in \
+        report.first_failure.note
+    # other weights files
+    _, other = _small(tmp_path, "small2", seed=4)
+    report = C.compare_net(model, other, ref)
+    assert "weights small.caffemodel, this run uses small2.caffemodel" in \
+        report.first_failure.note
+    # a net built by the caller: its weights are not a file compare knows
+    report = C.compare_net(caffe.Net(model, other, caffe.TEST), None, ref)
+    assert report.first_failure.key == "param/ip/0" and "weights" not in \
+        report.first_failure.note
+
+
+def test_no_loss_and_no_force_backward_means_no_backward(tmp_path):
+    text = SMALL_NET.replace("force_backward: true\n", "")
+    model, weights = _small(tmp_path, "noforce", text)
+    forced, _ = _small(tmp_path, "forced")  # same layers, force_backward: true
+    top = {"ip": np.ones((2, 4), np.float32)}
+    ref = _dump_like_the_tool(forced, weights, str(tmp_path / "diffs.npz"), backward=True,
+                              top=top)
+    with pytest.raises(C.CompareError, match="no loss layer and no force_backward: true.*"
+                                             "runs no Backward"):
+        C.compare_net(model, weights, ref, backward=True)
+    code, _ = run_cli("--model", model, "--weights", weights, "--reference", ref,
+                      "--backward")
+    assert code == 2
+    # the reference's diffs alone do not ask for Backward: Forward is compared, with a note
+    report = C.compare_net(model, weights, ref)
+    assert report.passed and not any(r.section == "backward" for r in report.rows)
+    assert any(n.startswith("Backward not compared") for n in report.notes)
+    # the dump script refuses it too
+    np.save(str(tmp_path / "x.npy"), np.zeros((2, 3), np.float32))
+    np.savez(str(tmp_path / "top.npz"), **top)
+    done = _run_dump(tmp_path, "--model", model, "--weights", weights, "--input",
+                     str(tmp_path / "x.npy"), "--out", str(tmp_path / "d.npz"), "--backward",
+                     "--top-diff", str(tmp_path / "top.npz"))
+    assert done.returncode != 0 and "runs no Backward" in done.stderr
+
+
+def test_compressed_dump_is_read_like_a_plain_one(b1_reference, tmp_path):
+    import zipfile
+    model, weights, _ = b1_paths()
+    ref = C.load_reference(b1_reference)
+    np.savez(str(tmp_path / "in.npz"), data=ref.full["input/data"],
+             label=ref.full["input/label"])
+    sizes = {}
+    for flag in ([], ["--compress"]):
+        out = str(tmp_path / ("dump%s.npz" % len(flag)))
+        done = _run_dump(tmp_path, "--model", model, "--weights", weights, "--input",
+                         str(tmp_path / "in.npz"), "--phase", "TRAIN", "--out", out, *flag)
+        assert done.returncode == 0, done.stderr
+        with zipfile.ZipFile(out) as z:
+            kinds = {i.compress_type for i in z.infolist()}
+        assert kinds == ({zipfile.ZIP_DEFLATED} if flag else {zipfile.ZIP_STORED})
+        assert C.load_reference(out).meta["compressed"] is bool(flag)
+        code, text = run_cli("--model", model, "--weights", weights, "--reference", out)
+        assert code == 0, text
+        sizes[bool(flag)] = os.path.getsize(out)
+    assert sizes[True] < sizes[False]
+    # references written here can be compressed too
+    C.save_reference(str(tmp_path / "c.npz"), ref.meta, ref.arrays, compress=True)
+    assert C.compare_net(model, weights, str(tmp_path / "c.npz")).passed
+
+
+ANTIALIAS_SHIM = """
+from pyfacelayers import io as _io
+_plain = _io.resize_image
+def _newer_scikit_image(im, new_dims, interp_order=1):
+    return _plain(im, new_dims, interp_order, anti_aliasing=True)
+_io.resize_image = _newer_scikit_image
+"""
+
+AS_GREY_SHIM = """
+from pyfacelayers import io as _io
+def _fork_load_image(filename, color=True):
+    raise TypeError("imread() got an unexpected keyword argument 'as_grey'")
+_io.load_image = _fork_load_image
+"""
+
+
+def _image_list(tmp_path):
+    images = shared_path("fixtures", "caffe-ref", "B4_imagedata", "images")
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join("%s %d\n" % (os.path.join(images, "img%d.png" % i), i)
+                               for i in range(2)))
+    return str(listing)
+
+
+def test_image_list_resizes_as_the_dumps_scikit_image(tmp_path):
+    """112x96 images into a 28x24 input: newer scikit-image blurs before shrinking.
+    The dump records which its caffe.io did; compare follows it, or is told."""
+    model, weights, _ = b1_paths()
+    listing = _image_list(tmp_path)
+    for shim, antialias in (("", False), (ANTIALIAS_SHIM, True)):
+        out = str(tmp_path / ("img_%s.npz" % antialias))
+        done = _run_dump(tmp_path, "--model", model, "--weights", weights, "--input",
+                         listing, "--phase", "TRAIN", "--out", out, shim_code=shim)
+        assert done.returncode == 0, done.stderr
+        assert C.load_reference(out).meta["image_antialias"] is antialias
+        code, text = run_cli("--model", model, "--weights", weights, "--reference", out,
+                             "--input", listing)
+        assert code == 0, text
+        wrong = "plain" if antialias else "antialias"
+        code, text = run_cli("--model", model, "--weights", weights, "--reference", out,
+                             "--input", listing, "--image-resize", wrong)
+        first = [l for l in text.splitlines() if "first over tolerance" in l]
+        assert code == 1 and first[0].startswith("input/data "), text
+    right = "antialias"
+    ref = C.load_reference(out)
+    meta = dict(ref.meta)
+    del meta["image_antialias"]  # an older dump: plain unless told
+    C.save_reference(str(tmp_path / "old.npz"), meta, ref.arrays)
+    assert run_cli("--model", model, "--weights", weights, "--reference",
+                   str(tmp_path / "old.npz"), "--input", listing)[0] == 1
+    assert run_cli("--model", model, "--weights", weights, "--reference",
+                   str(tmp_path / "old.npz"), "--input", listing,
+                   "--image-resize", right)[0] == 0
+
+
+def test_dump_reads_images_itself_when_caffe_io_knows_only_as_grey(tmp_path):
+    pytest.importorskip("skimage", reason="the fallback reads with scikit-image, as "
+                                          "pycaffe does")
+    model, weights, _ = b1_paths()
+    listing = _image_list(tmp_path)
+    out = str(tmp_path / "fork.npz")
+    done = _run_dump(tmp_path, "--model", model, "--weights", weights, "--input", listing,
+                     "--phase", "TRAIN", "--out", out, shim_code=AS_GREY_SHIM)
+    assert done.returncode == 0, done.stderr
+    meta = C.load_reference(out).meta
+    assert "as_gray" in meta["image_reader"] and meta["skimage_version"]
+    code, text = run_cli("--model", model, "--weights", weights, "--reference", out,
+                         "--input", listing)
+    assert code == 0, text

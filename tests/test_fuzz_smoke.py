@@ -1,7 +1,7 @@
 """A short run of every fuzz harness (fuzz/): its seeds plus a few hundred seeded
 mutations each, with the built-in mutator (atheris is not needed). Any outcome other
 than a return or a documented exception fails, naming the input. The long runs are
-``python -m fuzz.run`` (see the README)."""
+``python -m fuzz.run`` (see docs/fuzzing.md)."""
 
 import os
 import sys

@@ -5,19 +5,32 @@ Run it where pycaffe works (the Caffe build you trust); it needs only ``caffe``
 (pycaffe), numpy and the standard library, and does not use pyfacelayers:
 
     python dump_caffe_blobs.py --model net.prototxt --weights net.caffemodel \\
-        --input faces.npz --phase TEST --out ref.npz [--backward] [--top-diff d.npz]
+        --input faces.npz --phase TEST --out ref.npz [--backward] [--top-diff d.npz] \\
+        [--compress]
 
 ``--input``: an .npz with one array per input blob (by name), an .npy (nets with one
 input), or an image list (lines ``path [label]``; each image is read with
-caffe.io.load_image, resized to the input blob's height and width, turned to BGR 0..255
-and mapped to ``(pixel - mean) * scale``; labels fill an input named ``label``).
+caffe.io.load_image, resized to the input blob's height and width with
+caffe.io.resize_image, turned to BGR 0..255 and mapped to ``(pixel - mean) * scale``;
+labels fill an input named ``label``). Whether this scikit-image anti-aliases when
+resizing is probed and recorded, so that ``pyfacelayers compare --input`` resizes the
+same way. When caffe.io.load_image fails because this scikit-image no longer knows its
+``as_grey`` keyword (the SphereFace fork's pycaffe, scikit-image >= 0.19), the image is
+read as it would have been, with ``as_gray``; the metadata says so.
 
 The net runs one layer at a time (``net._forward(i, i)``, the same computation as one
 ``net.forward()``), so values of blobs that in-place layers later rewrite are kept too.
 With ``--backward`` it runs Backward the same way: from the loss (each loss top's diff
 is its loss weight, as Caffe sets it) or, for a net without a loss, from ``--top-diff``
 (an .npz with one array per output blob). Caffe computes the diff of the input blobs
-only when the prototxt says ``force_backward: true``.
+only when the prototxt says ``force_backward: true``; for a net without a loss it runs
+no Backward at all without it, so ``--backward`` is refused there.
+
+Sizes: every blob is stored, so a dump is about (sum of blob sizes) x batch + the
+parameters (twice each with --backward): the SphereFace-20 deploy net at batch 2 is
+126 MB, the training net with --backward several times that. A batch of 1-4 items
+finds any layer fault; ``--compress`` (np.savez_compressed, read the same way) makes
+the file smaller, less so for float data than for images.
 
 Keys written (format "pyfacelayers-blob-dump" version 1; see pyfacelayers/compare/reference.py):
 input/<blob>, data/<blob>, data/<blob>@<layer>, param/<layer>/<i>, lambda/<layer>,
@@ -52,6 +65,8 @@ def parse_args(argv):
     p.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
     p.add_argument("--caffe-version", help="text to record as Caffe's version (e.g. a git "
                                            "commit) when pycaffe does not say")
+    p.add_argument("--compress", action="store_true",
+                   help="write a compressed .npz (np.savez_compressed)")
     return p.parse_args(argv)
 
 
@@ -70,7 +85,37 @@ def read_net_param(caffe, path):
         return None
 
 
-def load_inputs(caffe, net, path, mean, scale):
+def load_image(caffe, name, color, notes):
+    """caffe.io.load_image; when it fails on the `as_grey` keyword that scikit-image
+    0.19 removed (the SphereFace fork's pycaffe), the same steps with `as_gray`."""
+    try:
+        return caffe.io.load_image(name, color=color)
+    except TypeError as exc:
+        if "as_grey" not in str(exc):
+            raise
+    import skimage.io
+    from skimage import img_as_float
+    img = img_as_float(skimage.io.imread(name, as_gray=not color)).astype(np.float32)
+    if img.ndim == 2:
+        img = img[:, :, np.newaxis]
+        if color:
+            img = np.tile(img, (1, 1, 3))
+    elif img.shape[2] == 4:
+        img = img[:, :, :3]
+    notes["image_reader"] = "skimage.io.imread(as_gray) (caffe.io.load_image's as_grey " \
+                            "is unknown to this scikit-image)"
+    return img
+
+
+def resize_antialiases(caffe):
+    """Whether caffe.io.resize_image blurs before shrinking (newer scikit-image): stripes
+    one pixel wide, shrunk by 3, keep full contrast without anti-aliasing."""
+    stripes = np.tile((np.arange(12) % 2).astype(np.float32)[None, :, None], (12, 1, 3))
+    out = caffe.io.resize_image(stripes, (4, 4))
+    return bool(np.ptp(out[..., 0]) < 0.9)
+
+
+def load_inputs(caffe, net, path, mean, scale, notes):
     names = list(net.inputs)
     if path.endswith(".npy"):
         if len(names) != 1:
@@ -92,7 +137,7 @@ def load_inputs(caffe, net, path, mean, scale):
             if not fields:
                 continue
             name = fields[0] if os.path.isabs(fields[0]) else os.path.join(base, fields[0])
-            img = caffe.io.load_image(name, color=shape[1] == 3)
+            img = load_image(caffe, name, shape[1] == 3, notes)
             img = caffe.io.resize_image(img, shape[2:])
             chw = img * 255.0
             if shape[1] == 3:
@@ -100,6 +145,12 @@ def load_inputs(caffe, net, path, mean, scale):
             images.append(((chw.transpose(2, 0, 1) - mean) * scale).astype(np.float32))
             if len(fields) > 1:
                 labels.append(float(fields[1]))
+    notes["image_antialias"] = resize_antialiases(caffe)
+    try:
+        import skimage
+        notes["skimage_version"] = skimage.__version__
+    except ImportError:
+        pass
     out = {names[0]: np.stack(images)}
     if "label" in names and labels:
         out["label"] = np.array(labels, np.float32)
@@ -146,9 +197,11 @@ def dump(args):
         for b in layer["bottoms"]:
             readers.setdefault(b, []).append(i)
     arrays = {}
+    notes = {}
 
     if args.input:
-        for name, value in load_inputs(caffe, net, args.input, args.mean, args.scale).items():
+        for name, value in load_inputs(caffe, net, args.input, args.mean, args.scale,
+                                       notes).items():
             value = np.asarray(value)
             net.blobs[name].reshape(*value.shape)
             net.blobs[name].data[...] = value
@@ -193,6 +246,11 @@ def dump(args):
         margin[layer["name"]] = info
 
     backward_from = None
+    if args.backward and not has_loss(net, layers) and param is not None \
+            and not param.force_backward:
+        sys.exit("the net has no loss layer and no force_backward: true, so Caffe runs no "
+                 "Backward for it (every diff would stay zero); add force_backward: true "
+                 "to the prototxt to dump Backward from --top-diff")
     if args.backward:
         if args.top_diff:
             with np.load(args.top_diff, allow_pickle=False) as z:
@@ -233,10 +291,12 @@ def dump(args):
             "phase": args.phase, "dtype": "float32", "backward": bool(args.backward),
             "backward_from": backward_from, "loss": loss, "blob_order": list(net.blobs),
             "layers": layers, "inputs": list(net.inputs), "outputs": list(net.outputs),
-            "margin": margin, "mode": "GPU %d" % args.gpu if args.gpu is not None else "CPU"}
+            "margin": margin, "mode": "GPU %d" % args.gpu if args.gpu is not None else "CPU",
+            "compressed": bool(args.compress)}
+    meta.update(notes)
     arrays["meta_json"] = np.array(json.dumps(meta, sort_keys=True))
     with open(args.out, "wb") as f:
-        np.savez(f, **arrays)
+        (np.savez_compressed if args.compress else np.savez)(f, **arrays)
     return meta, len(arrays) - 1
 
 

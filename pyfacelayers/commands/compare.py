@@ -31,7 +31,7 @@ def register(subparsers):
     p.add_argument("--top-diff", metavar="FILE.npz",
                    help="diffs for the output blobs when the net has no loss")
     p.add_argument("--phase", choices=["TRAIN", "TEST"],
-                   help="default: the reference's phase")
+                   help="default: the reference's phase (another one is refused: exit 2)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest error relative to the reference's norm (default 1e-4)")
     p.add_argument("--dtype", choices=["float32", "float64"],
@@ -42,6 +42,12 @@ def register(subparsers):
     p.add_argument("--mean", type=float, default=127.5, help="image list: mean (127.5)")
     p.add_argument("--scale", type=float, default=0.0078125,
                    help="image list: scale after the mean (1/128)")
+    p.add_argument("--image-resize", choices=["auto", "plain", "antialias"],
+                   default="auto",
+                   help="image list: 'plain' resizes as pycaffe with the scikit-image it "
+                        "was written for (no anti-aliasing), 'antialias' as newer "
+                        "scikit-image (Gaussian blur before shrinking); 'auto' (default): "
+                        "what the reference's dump recorded, else plain")
     p.add_argument("--all", action="store_true",
                    help="also list the net's arrays the reference does not hold")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -58,7 +64,8 @@ def run(args, out=print):
             args.model, args.weights, args.reference, inputs=args.input,
             backward=True if args.backward else None, top_diff=args.top_diff,
             phase=args.phase, tolerance=args.tolerance, dtype=args.dtype, gpu=args.gpu,
-            sync_iteration=not args.no_sync_iteration, mean=args.mean, scale=args.scale)
+            sync_iteration=not args.no_sync_iteration, mean=args.mean, scale=args.scale,
+            antialias={"auto": None, "plain": False, "antialias": True}[args.image_resize])
     except (PyFaceLayersError, OSError, ValueError) as exc:
         if args.json:
             out(json.dumps({"passed": False, "error": str(exc)}))

@@ -46,9 +46,116 @@ def _sync_iterations(net, ref, notes, sync):
                          % (lname, want_after, layer.iteration + forwards, ITERATION_NOTE))
 
 
+def _layer_list(layers):
+    """(name, type) of each layer, Split and Input layers left out: where Splits go is a
+    detail of how each Caffe inserts them, and a Caffe older than the Input layer keeps
+    a legacy ``input:`` header as net inputs, not as a layer (the inputs are checked
+    apart)."""
+    return [(l["name"], l["type"]) for l in layers if l.get("type") not in ("Split", "Input")]
+
+
+def check_same_net(net, ref):
+    """A CompareError when the reference's recorded layers (names and types, in order)
+    or its parameter shapes are not this net's: a dump of another net, perhaps of the
+    same name. References without a layer list (partial, hand-made) are not checked."""
+    from .capture import net_structure
+    theirs = ref.meta.get("layers")
+    if not theirs:
+        return
+    same_name = ref.meta.get("net_name") and ref.meta.get("net_name") == net.name
+    lead = "the reference is of another net%s: " % (
+        ' with the same name "%s"' % net.name if same_name else "")
+    theirs, ours = _layer_list(theirs), _layer_list(net_structure(net))
+    counts = "%d layers there, %d here, not counting Input and Split layers" % (
+        len(theirs), len(ours))
+    for i, (a, b) in enumerate(zip(theirs, ours)):
+        if a != b:
+            after = ' after "%s"' % ours[i - 1][0] if i else " first"
+            raise CompareError(lead + 'it has "%s" (%s) where this net has "%s" (%s)%s '
+                               '(%s)' % (a[0], a[1], b[0], b[1], after, counts))
+    if len(theirs) != len(ours):
+        longer, extra = ("the reference", theirs) if len(theirs) > len(ours) \
+            else ("this net", ours)
+        raise CompareError(lead + "%s; %s goes on with %s" % (
+            counts, longer,
+            ", ".join('"%s" (%s)' % l for l in extra[min(len(theirs), len(ours)):][:4])))
+    for name, params in net.params.items():
+        for k, p in enumerate(params):
+            want = ref.full.get(make_key("param", name, k))
+            if want is not None and tuple(want.shape) != tuple(p.shape):
+                raise CompareError(lead + "the same layers, but parameter %d of layer "
+                                   '"%s" has shape %s there, %s here' % (
+                                       k, name, tuple(want.shape), tuple(p.shape)))
+
+
+def _check_phase(phase, meta):
+    """The phase to run: the reference's, or ``phase`` when it is the same."""
+    dumped = meta.get("phase")
+    if phase is None:
+        return dumped or "TEST"
+    if dumped and phase != dumped:
+        raise CompareError("--phase %s, but the reference was dumped in phase %s: the "
+                           "same net runs other layers in another phase; leave --phase "
+                           "out (the reference's is the default) or dump again with "
+                           "--phase %s" % (phase, dumped, phase))
+    return phase
+
+
+def _backward_possible(net, backward, explicit, notes):
+    """Caffe runs no Backward at all for a net without a loss unless the prototxt says
+    force_backward: true (no layer is found to contribute to a loss); its diffs stay
+    zero. Refuse an explicit Backward there; skip a defaulted one with a note."""
+    if not backward:
+        return backward
+    has_loss = any(w for w in net.blob_loss_weights.values())
+    if has_loss or net._param.force_backward:
+        return backward
+    why = ("the net has no loss layer and no force_backward: true, so Caffe runs no "
+           "Backward for it (no diff is computed; a dump's diffs are zeros, except any "
+           "top diffs given)")
+    if explicit:
+        raise CompareError("cannot compare Backward: %s. Add force_backward: true to the "
+                           "prototxt and dump again, or compare without --backward" % why)
+    notes.append("Backward not compared: %s" % why)
+    return False
+
+
+_PREBUILT = object()  # compare_net was given a built Net: its weights are the caller's
+
+
+def _explain_weights(rows, meta, weights, notes):
+    """When the first failure is a parameter, say why if the weights differ: a dump made
+    without --weights (Caffe's own random fillers), or other weights files."""
+    first = next((r for r in rows if r.failed), None)
+    if first is None or not first.key.startswith("param/"):
+        return
+    theirs = meta.get("weights")
+    if weights is _PREBUILT:  # the caller built and weighted the net: no file to name
+        weights = None
+        if theirs:
+            return
+    ours = os.path.basename(os.fspath(weights)) if isinstance(weights, (str, os.PathLike)) \
+        else None
+    if meta.get("tool") and not theirs:
+        hint = ("the reference was dumped without --weights: Caffe filled the parameters "
+                "with its own random fillers, which no other run reproduces; dump again "
+                "with --weights%s" % (" " + ours if ours else " FILE.caffemodel (and give "
+                                      "the same file here)"))
+    elif theirs and not ours:
+        hint = ("the reference was dumped with --weights %s; give the same file here "
+                "(--weights)" % theirs)
+    elif theirs and ours and theirs != ours:
+        hint = "the reference was dumped with weights %s, this run uses %s" % (theirs, ours)
+    else:
+        return
+    first.note = (first.note + "; " if first.note else "") + hint
+    notes.append(hint)
+
+
 def compare_net(model, weights, reference, inputs=None, backward=None, top_diff=None,
                 phase=None, tolerance=DEFAULT_TOLERANCE, dtype=None, gpu=None,
-                sync_iteration=True, level=0, stages=(), mean=127.5, scale=0.0078125):
+                sync_iteration=True, level=0, stages=(), mean=127.5, scale=0.0078125,
+                antialias=None):
     """Run ``model`` with ``weights`` here as the reference's Caffe run did and compare
     every array the reference holds. ``model``: a prototxt (or a built :class:`Net`,
     then ``weights`` is unused). ``reference``: path or :class:`Reference`.
@@ -56,15 +163,18 @@ def compare_net(model, weights, reference, inputs=None, backward=None, top_diff=
     (see :func:`load_inputs`). ``backward``: None follows the reference (Backward when
     it holds diffs). ``top_diff``: {blob: array} or an .npz path for nets without a
     loss (default: the reference's diffs of the net's outputs). ``gpu``: a device id
-    to run on (cupy). Returns a :class:`Report`."""
+    to run on (cupy). ``phase``: must be the reference's (the default).
+    ``antialias``: for an image list, resize as newer scikit-image does (see
+    :func:`pyfacelayers.io.resize_image`); None: as the reference records (its dump
+    probed caffe.io), else as pycaffe with the older scikit-image. Returns a
+    :class:`Report`."""
     from ..commands import _common
     from ..net import Net
     from ..proto import caffe_pb2
     ref = load_reference(reference)
     meta = ref.meta
     notes = []
-    if phase is None:
-        phase = meta.get("phase", "TEST")
+    phase = _check_phase(phase, meta)
     phase_value = getattr(caffe_pb2, phase) if isinstance(phase, str) else phase
     dtype = np.dtype(dtype or meta.get("dtype") or "float32")
     if gpu is not None:
@@ -77,15 +187,19 @@ def compare_net(model, weights, reference, inputs=None, backward=None, top_diff=
     if meta.get("net_name") and net.name and meta["net_name"] != net.name:
         notes.append('the reference is of net "%s", the model is "%s"'
                      % (meta["net_name"], net.name))
-    # Arrays of the reference this net does not have: another net, or a wrong name.
+    check_same_net(net, ref)
+    explicit_backward = bool(backward)
     if backward is None:
         backward = any(k.startswith(("diff/", "param_diff/")) for k in ref.bases())
+    backward = _backward_possible(net, backward, explicit_backward, notes)
+    # Arrays of the reference this net does not have: another net, or a wrong name.
     expected = expected_keys(net, backward)
     foreign = sorted(b for b in ref.bases() if b not in expected)
     if foreign:
         shown = ", ".join(foreign[:8]) + (" ..." if len(foreign) > 8 else "")
         if not backward and all(b.startswith(("diff/", "param_diff/")) for b in foreign):
-            notes.append("the reference holds diffs; run with backward to compare them")
+            if explicit_backward or not any("Backward not compared" in n for n in notes):
+                notes.append("the reference holds diffs; run with backward to compare them")
         else:
             raise CompareError(
                 "%d array(s) of the reference are not in this net: %s (is the reference "
@@ -101,7 +215,9 @@ def compare_net(model, weights, reference, inputs=None, backward=None, top_diff=
             raise CompareError("the reference holds no input/* arrays; give the input "
                                "(--input) the Caffe run used")
     elif not isinstance(inputs, dict):
-        inputs = load_inputs(inputs, list(net.inputs), shapes, mean, scale)
+        if antialias is None:
+            antialias = bool(meta.get("image_antialias", False))
+        inputs = load_inputs(inputs, list(net.inputs), shapes, mean, scale, antialias)
     unknown = [n for n in inputs if n not in net.blobs or n not in net.inputs]
     if unknown:
         raise CompareError("input(s) %s are not input blobs of the net (inputs: %s); is "
@@ -110,7 +226,8 @@ def compare_net(model, weights, reference, inputs=None, backward=None, top_diff=
     missing = [n for n in net.inputs if n not in inputs]
     if missing:
         raise CompareError("no value for input blob(s) %s (neither --input nor the "
-                           "reference has it)" % ", ".join(missing))
+                           "reference has it; is the reference from another net or "
+                           "phase?)" % ", ".join(missing))
     if backward and top_diff is None and not any(w for w in net.blob_loss_weights.values()):
         top_diff = {n: ref.full["diff/" + n] for n in net.outputs if "diff/" + n in ref.full}
     elif isinstance(top_diff, (str, os.PathLike)):
@@ -127,6 +244,7 @@ def compare_net(model, weights, reference, inputs=None, backward=None, top_diff=
         if ref.has(row.key):
             compare_row(row, arrays[row.key], ref, tolerance)
     _explain(rows, ref, arrays, notes)
+    _explain_weights(rows, meta, _PREBUILT if isinstance(model, Net) else weights, notes)
     report = Report(rows, tolerance, notes, meta, info["layers"])
     report.net_info = info  # our net's layers, blob order, loss
     return report

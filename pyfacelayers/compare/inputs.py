@@ -7,11 +7,14 @@ import numpy as np
 from .reference import CompareError
 
 # -- inputs -----------------------------------------------------------------------------
-def load_inputs(source, input_names, input_shapes=None, mean=127.5, scale=0.0078125):
+def load_inputs(source, input_names, input_shapes=None, mean=127.5, scale=0.0078125,
+                antialias=False):
     """Arrays for the net's input blobs from an .npz (one array per input blob, by
     name), an .npy (a net with one input) or an image list (text lines ``path
-    [label]``: BGR, resized to the input's height and width, ``(pixel - mean) *
-    scale``; labels go to an input named ``label``). Returns {blob: array}."""
+    [label]``: read as caffe.io.load_image, resized to the input's height and width as
+    caffe.io.resize_image (``antialias``: as newer scikit-image, see
+    :func:`pyfacelayers.io.resize_image`), BGR, ``(pixel - mean) * scale``; labels go
+    to an input named ``label``). Returns {blob: array}."""
     path = os.fspath(source)
     if not os.path.exists(path):
         raise FileNotFoundError("input not found: %s" % path)
@@ -33,10 +36,10 @@ def load_inputs(source, input_names, input_shapes=None, mean=127.5, scale=0.0078
             raise CompareError("%s: %s not input blob(s) of the net (inputs: %s)" % (
                 path, ", ".join(unknown), ", ".join(input_names)))
         return arrays
-    return _load_image_list(path, input_names, input_shapes or {}, mean, scale)
+    return _load_image_list(path, input_names, input_shapes or {}, mean, scale, antialias)
 
 
-def _load_image_list(path, input_names, input_shapes, mean, scale):
+def _load_image_list(path, input_names, input_shapes, mean, scale, antialias):
     from ..io import load_image, resize_image
     if not input_names:
         raise CompareError("%s: the net has no input blob to fill" % path)
@@ -57,7 +60,7 @@ def _load_image_list(path, input_names, input_shapes, mean, scale):
                                    % (path, lineno, line.strip()))
             name = fields[0] if os.path.isabs(fields[0]) else os.path.join(base, fields[0])
             img = load_image(name, color=shape[1] == 3)
-            img = resize_image(img, shape[2:])
+            img = resize_image(img, shape[2:], anti_aliasing=antialias)
             chw = (img * 255.0)[:, :, ::-1].transpose(2, 0, 1) if shape[1] == 3 else \
                 (img * 255.0).transpose(2, 0, 1)
             images.append(((chw - mean) * scale).astype(np.float32))

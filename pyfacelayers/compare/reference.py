@@ -3,7 +3,8 @@
 
 Reference format (``format: pyfacelayers-blob-dump``, version 1)
 ---------------------------------------------------------------
-An ``.npz`` read with ``np.load(path, allow_pickle=False)`` (no pickle anywhere).
+An ``.npz``, plain or compressed (``np.savez_compressed``: the dump script's
+``--compress``), read with ``np.load(path, allow_pickle=False)`` (no pickle anywhere).
 Every array is optional, so partial references (golden fixtures, hand-made files) work:
 what is present is compared, what is absent is listed as "not in reference".
 
@@ -14,8 +15,12 @@ what is present is compared, what is absent is listed as "not in reference".
     ``backward`` (bool), ``backward_from`` ("loss", "top_diff" or null),
     ``force_backward``, ``loss``, ``blob_order`` (pycaffe's ``net.blobs`` order),
     ``layers`` (``[{"name", "type", "bottoms", "tops"}]`` in net order, Split layers
-    included), ``inputs``, ``outputs`` and ``margin`` (per MarginInnerProduct layer:
-    ``iteration_field``, ``forwards``, ``lambda_source``). Only ``format`` is required.
+    included), ``inputs``, ``outputs``, ``margin`` (per MarginInnerProduct layer:
+    ``iteration_field``, ``forwards``, ``lambda_source``), ``compressed``, and for an
+    image-list input ``image_antialias`` (whether caffe.io.resize_image blurred before
+    shrinking), ``skimage_version`` and, when caffe.io.load_image could not be used,
+    ``image_reader``. Only ``format`` is required. With ``layers``, compare checks that
+    the reference is of the same net (layer names and types, parameter shapes).
 ``input/<blob>``
     the array written into input blob ``<blob>`` before Forward.
 ``data/<blob>``
@@ -139,15 +144,16 @@ class Reference:
         save_reference(path, self.meta, self.arrays)
 
 
-def save_reference(path, meta, arrays):
-    """Write a reference .npz (meta as the 0-d unicode ``meta_json``)."""
+def save_reference(path, meta, arrays, compress=False):
+    """Write a reference .npz (meta as the 0-d unicode ``meta_json``); ``compress``:
+    np.savez_compressed (read back the same way)."""
     meta = dict(meta)
     meta.setdefault("format", FORMAT)
     meta.setdefault("format_version", FORMAT_VERSION)
     out = {"meta_json": np.array(json.dumps(meta, sort_keys=True))}
     out.update((k, np.asarray(v)) for k, v in arrays.items())
     with open(path, "wb") as f:
-        np.savez(f, **out)
+        (np.savez_compressed if compress else np.savez)(f, **out)
 
 
 def load_reference(source):
