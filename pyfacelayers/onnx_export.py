@@ -15,7 +15,10 @@ outputs are named as the net's), earlier ones ``<blob>@<layer>`` (as are all rew
 of an input, whose name the graph input keeps). Layers that only
 make sense in training (data layers other than Input, losses, Accuracy,
 MarginInnerProduct, which needs labels) are refused with the layer named: export the
-deploy net. Caffe's pooling sizes (rounded up) are kept with explicit end padding.
+deploy net. The fork layers of the mirror deploy nets export too: Normalize (with the
+epsilon of the semantics it runs, docs/family.md), NormL2 and Flip (a Slice of step -1);
+their tops keep the legacy 4-D shape, and an InnerProduct with ``normalize: true``
+exports its unit-norm rows. Caffe's pooling sizes (rounded up) are kept with explicit end padding.
 """
 
 import numpy as np
@@ -201,6 +204,11 @@ def _inner_product(graph, net, layer, name, x, tops):
     if layer.axis != 1:
         raise ExportError('layer "%s": InnerProduct with axis %d cannot be exported '
                           '(axis 1 only)' % (name, layer.axis))
+    if getattr(layer, "weight_bottom", False):
+        raise ExportError('layer "%s": an InnerProduct whose weight is a bottom cannot be '
+                          'exported (its weight is not a constant)' % name)
+    if getattr(layer, "normalize", False):
+        layer._normalize_rows()  # what its next Forward would use (it renormalises in place)
     flat = graph.node("Flatten", x, [name + "_flat"], name + "_flatten", axis=1)
     args = flat + [graph.constant(_f32(layer.blobs[0].data), name + "_w")]
     if layer.bias_term:
@@ -321,12 +329,74 @@ def _lrn(graph, net, layer, name, x, tops):
                alpha=layer.alpha, beta=layer.beta, bias=layer.k)
 
 
+def _legacy_4d(graph, net, name, x, bottom):
+    """The value as (N, C, H, W): the fork layers' legacy 4-D top for 2-D/3-D bottoms."""
+    ndim = len(net.blobs[bottom].shape)
+    if ndim >= 4:
+        return x
+    axes = graph.constant(np.arange(ndim, 4, dtype=np.int64), name + "_axes")
+    return graph.node("Unsqueeze", [x, axes], [name + "_4d"], name + "_unsqueeze")[0]
+
+
+def _normalize(graph, net, layer, name, x, tops):
+    """happynear's Normalize: x / norm over the channel axis (norm with the epsilon of
+    the semantics the layer runs: docs/family.md)."""
+    value = _legacy_4d(graph, net, name, x[0], net.bottom_names[name][0])
+    axes = graph.constant(np.asarray([1], np.int64), name + "_channel")
+    if layer.l1:
+        total = graph.node("Abs", [value], [name + "_abs"], name + "_abs")
+        epsilon = 1e-6
+    else:
+        total = graph.node("Mul", [value, value], [name + "_sq"], name + "_sq")
+        epsilon = 1e-6 if layer.semantics == "cpu" else 1e-12
+    total = graph.node("ReduceSum", total + [axes], [name + "_sum"], name + "_sum",
+                       keepdims=1)
+    norm_out = graph.new_value(tops[1], name) if len(tops) > 1 else name + "_norm"
+    shifted = graph.node("Add", total + [graph.constant(_f32([epsilon]), name + "_eps")],
+                         [name + "_shifted"] if not layer.l1 else [norm_out], name + "_eps")
+    if not layer.l1:
+        # CPU: sqrt(fl(S + 1e-6)); GPU: sqrt(S + 1e-12): both a float32 add, then a root
+        graph.node("Sqrt", shifted, [norm_out], name + "_sqrt")
+    graph.node("Div", [value, norm_out], [graph.new_value(tops[0], name)], name)
+
+
+def _norm_l2(graph, net, layer, name, x, tops):
+    """xialuxi's NormL2: every sample scaled to unit norm (epsilon 1e-7)."""
+    value = _legacy_4d(graph, net, name, x[0], net.bottom_names[name][0])
+    squares = graph.node("Mul", [value, value], [name + "_sq"], name + "_sq")
+    total = graph.node("ReduceSum", squares + [graph.constant(np.asarray([1, 2, 3], np.int64),
+                                                              name + "_axes")],
+                       [name + "_sum"], name + "_sum", keepdims=1)
+    shifted = graph.node("Add", total + [graph.constant(_f32([1e-7]), name + "_eps")],
+                         [name + "_shifted"], name + "_eps")
+    norm = graph.node("Sqrt", shifted, [name + "_norm"], name + "_sqrt")
+    graph.node("Div", [value] + norm, [graph.new_value(tops[0], name)], name)
+
+
+def _flip(graph, net, layer, name, x, tops):
+    """happynear's Flip: reversed W (and/or H) by a Slice of step -1."""
+    value = _legacy_4d(graph, net, name, x[0], net.bottom_names[name][0])
+    axes = list(layer.axes)
+    out = [graph.new_value(tops[0], name)]
+    if not axes:
+        graph.node("Identity", [value], out, name)
+        return
+    big = np.iinfo(np.int64).max
+    graph.node("Slice", [value,
+                         graph.constant(np.full(len(axes), -1, np.int64), name + "_starts"),
+                         graph.constant(np.full(len(axes), -big, np.int64), name + "_ends"),
+                         graph.constant(np.asarray(axes, np.int64), name + "_axes"),
+                         graph.constant(np.full(len(axes), -1, np.int64), name + "_steps")],
+               out, name)
+
+
 _CONVERTERS = {
     "Convolution": _conv, "Deconvolution": _conv, "PReLU": _prelu, "ReLU": _relu,
     "Sigmoid": _simple("Sigmoid"), "TanH": _simple("Tanh"), "Eltwise": _eltwise,
     "InnerProduct": _inner_product, "Pooling": _pooling, "Softmax": _softmax,
     "Concat": _concat, "Slice": _slice, "Flatten": _reshape, "Reshape": _reshape,
     "BatchNorm": _batch_norm, "Scale": _scale, "Bias": _bias, "LRN": _lrn,
+    "Normalize": _normalize, "NormL2": _norm_l2, "Flip": _flip,
 }
 _TRAINING_ONLY = ("MarginInnerProduct", "SoftmaxWithLoss", "EuclideanLoss",
                   "SigmoidCrossEntropyLoss", "Accuracy", "ImageData", "Data", "HDF5Data",

@@ -253,3 +253,36 @@ def test_bad_parameters_name_the_layer(type_name, text, shapes, num_top, message
     with pytest.raises(LayerError, match=message) as info:
         run(make(type_name, text), [np.ones(s) for s in shapes], num_top=num_top)
     assert "my_%s" % type_name.lower() in str(info.value)
+
+
+# -- PYFACELAYERS_FORK_SEMANTICS -----------------------------------------------------
+
+def test_fork_semantics_environment(monkeypatch):
+    from pyfacelayers import fork_semantics
+    from simple_layer_utils import make, run
+    monkeypatch.delenv(fork_semantics.ENV_VAR, raising=False)
+    assert fork_semantics.mode("Normalize") == "gpu"
+    monkeypatch.setenv(fork_semantics.ENV_VAR, "gpu, Normalize=cpu")
+    assert fork_semantics.mode("Normalize") == "cpu"
+    assert fork_semantics.mode("InnerProduct") == "gpu"
+    layer = make("Normalize")
+    _, (_, norm) = run(layer, [np.zeros((1, 2))], num_top=2)
+    assert layer.semantics == "cpu" and np.isclose(norm.data.ravel()[0], 1e-3)
+    with fork_semantics.using("gpu"):
+        assert fork_semantics.mode("Normalize") == "gpu"
+    monkeypatch.setenv(fork_semantics.ENV_VAR, "fast")
+    with pytest.raises(ValueError, match="PYFACELAYERS_FORK_SEMANTICS.*'fast'"):
+        fork_semantics.mode()
+
+
+def test_per_layer_semantics_attribute():
+    from simple_layer_utils import make, run
+    from pyfacelayers.errors import LayerError
+    layer = make("Normalize")
+    layer.semantics = "cpu"
+    _, (_, norm) = run(layer, [np.zeros((1, 2))], num_top=2)
+    assert np.isclose(norm.data.ravel()[0], 1e-3)
+    bad = make("Normalize")
+    bad.semantics = "tpu"
+    with pytest.raises(LayerError, match="my_normalize.*'tpu'"):
+        run(bad, [np.zeros((1, 2))])

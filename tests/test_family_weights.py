@@ -155,3 +155,11 @@ def test_normface_caffemodel_runs_up_to_the_inner_product():
     for name in ("conv1", "ip1", "ip1_dr", "id_weight", "ip2"):
         assert_close(net.blobs[name].data, fixture["blob__" + name], 1e-5, name)
     assert "Parameter" in registered_types()
+
+
+def test_info_lists_a_fork_written_caffemodel(tmp_path, capsys):
+    from pyfacelayers.cli import main
+    path, _, _ = fork_caffemodel(tmp_path, 145, length_field(1, b"abc"))
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "fc" in out and "4x3" in out and "norm" in out

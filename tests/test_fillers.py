@@ -21,7 +21,8 @@ def rng(seed=0):
 
 def test_types_listed():
     assert set(filler_types()) == {"constant", "uniform", "gaussian", "positive_unitball",
-                                   "xavier", "msra", "bilinear"}
+                                   "xavier", "msra", "bilinear",
+                                   "gaussian_unitball", "identity"}  # happynear's fork
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

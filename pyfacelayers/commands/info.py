@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from ..fileio import blob_shape, read_caffemodel, read_net
+from ..fileio import blob_shape, read_net
+from ..fileio.weights import read_weights
 from ..fileio.hdf5_weights import is_hdf5_path, read_hdf5_weights
 from ..fileio.text import read_text_file
 from ..proto import caffe_pb2
@@ -46,7 +47,7 @@ def run(args):
 
 
 def show_caffemodel(path):
-    net = read_caffemodel(path)
+    net = read_weights(path)  # name, type and blobs: reads every fork's numbering
     print('caffemodel %s: net "%s", %d layers' % (path, net.name, len(net.layer)))
     total = 0
     for layer in net.layer:

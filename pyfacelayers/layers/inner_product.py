@@ -104,7 +104,7 @@ class InnerProductLayer(Layer):
         """Scale every stored weight row to unit norm, in place (the original's rows are
         the contiguous K values, also with ``transpose``: its quirk, kept)."""
         w = self.blobs[0].data
-        rows = w.reshape(-1, self.K) if not self.transpose else w.reshape(self.num_output, -1)
+        rows = w.reshape(-1, self.K)  # the stored order, also with transpose
         xp = array_module(w)
         squares = (rows * rows).sum(axis=1, keepdims=True)
         if self.semantics == "cpu":
