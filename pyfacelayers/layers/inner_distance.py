@@ -118,10 +118,12 @@ class InnerDistance(Layer):
         self.blobs = [weight]
 
     def reshape(self, bottom, top):
-        m, n, k = self._dims(bottom)
+        # The centres' K is checked when they are used (a net whose Parameter centres
+        # are resized later still builds, as in the fork).
+        m, n, k = self._dims(bottom, check_k=False)
         top[0].reshape(tuple(bottom[0].shape[:self.axis]) + (n,))
 
-    def _dims(self, bottom):
+    def _dims(self, bottom, check_k=True):
         """(M, N, K), checking the centres and labels against the features."""
         shape = bottom[0].shape
         if len(shape) <= self.axis:
@@ -129,7 +131,7 @@ class InnerDistance(Layer):
                              % (shape, self.axis))
         m, k = bottom[0].count_from(0, self.axis), bottom[0].count_from(self.axis)
         centres = self._centres_blob(bottom)
-        if len(centres.shape) < 1 or centres.count_from(1) != k:
+        if len(centres.shape) < 1 or (check_k and centres.count_from(1) != k):
             raise self.error("centres have shape %s, expected (N, %d): the features have %d "
                              "values per row (shape %s from axis %d)"
                              % (centres.shape, k, k, shape, self.axis))
