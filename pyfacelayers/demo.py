@@ -42,6 +42,34 @@ METHODS = (
     Method("asoftmax", "A-Softmax (m=4)", "net_asoftmax.prototxt"),
 )
 
+# SphereFace's descendants (the forks' layers: Normalize, InnerProduct normalize,
+# LabelSpecificAdd, CosinAddm, Scale), on the same body; selected with --methods.
+FAMILY_METHODS = (
+    Method("amsoftmax", "AM-Softmax (m=0.35)", "net_amsoftmax.prototxt"),
+    Method("arcface", "ArcFace (m=0.5)", "net_arcface.prototxt"),
+)
+METHODS_BY_KEY = {m.key: m for m in METHODS + FAMILY_METHODS}
+# Named selections for --methods; "sphereface" is the default (the paper's experiment).
+METHOD_SETS = {
+    "sphereface": ("softmax", "modified", "asoftmax"),
+    "family": ("softmax", "asoftmax", "amsoftmax", "arcface"),
+    "all": tuple(METHODS_BY_KEY),
+}
+
+
+def select_methods(text):
+    """The methods named by ``text``: a name of METHOD_SETS or method keys separated by
+    commas (e.g. "softmax,arcface"), in the order given."""
+    keys = METHOD_SETS.get(text) or tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in keys if k not in METHODS_BY_KEY]
+    if unknown or not keys:
+        raise ValueError("--methods: unknown method %s (choose from %s, or one of %s)"
+                         % (", ".join(repr(k) for k in unknown) or "(none given)",
+                            ", ".join(METHODS_BY_KEY), ", ".join(METHOD_SETS)))
+    if len(set(keys)) != len(keys):
+        raise ValueError("--methods: a method is named twice in %r" % text)
+    return tuple(METHODS_BY_KEY[k] for k in keys)
+
 
 # One data set: a key, a title, the CNN body file replacing the layers before "feature"
 # (None: the method's own net, written for the digits), the solver file, the largest

@@ -30,17 +30,22 @@ def register(subparsers):
                         "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
                         "t10k-labels-idx1-ubyte, each plain or .gz; a CNN sized for 28x28 "
                         "replaces the digits' body (default 4000 iterations per method)")
+    p.add_argument("--methods", default="sphereface", metavar="LIST",
+                   help="the losses to train side by side: sphereface (default: softmax, "
+                        "modified softmax, A-Softmax), family (softmax, A-Softmax, "
+                        "AM-Softmax, ArcFace), all, or method keys separated by commas "
+                        "(softmax, modified, asoftmax, amsoftmax, arcface)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args):
-    from ..demo import run_demo
+    from ..demo import run_demo, select_methods
 
     try:
         run_demo(out_dir=args.out, dim=args.dim, iters=args.iters, gpu=args.gpu,
                  seed=args.seed, quiet=args.quiet, threads=args.threads or None,
-                 mnist=args.mnist)
+                 mnist=args.mnist, methods=select_methods(args.methods))
     except RuntimeError as exc:  # missing extras: a message, not a traceback
         raise ValueError(str(exc)) from None
     return 0
