@@ -63,13 +63,19 @@ class InnerProductLayer(Layer):
             self.blobs.append(new_param_blob(self, (self.num_output,), ip.bias_filler,
                                              "bias_filler"))
 
-    def _weight_outputs(self, weight):
-        """N from a weight given as bottom[1]: (N, K), or (K, N) with ``transpose``."""
+    def _weight_outputs(self, weight, check_k=False):
+        """N from a weight given as bottom[1]: (N, K), or (K, N) with ``transpose``;
+        trailing axes of 1 (a Parameter blob of shape (N, K, 1, 1)) are allowed. K is
+        checked when the layer runs (``check_k``), not when the net is built, so that
+        fragments whose trunk is not there yet still build."""
         shape = tuple(weight.shape)
+        while len(shape) > 2 and shape[-1] == 1:
+            shape = shape[:-1]
         k_axis = 0 if self.transpose else 1
-        if len(shape) != 2 or shape[k_axis] != self.K:
+        if len(shape) != 2 or (check_k and shape[k_axis] != self.K):
             raise self.error("the weight bottom must be %s with K = %d, got shape %s"
-                             % ("(K, N)" if self.transpose else "(N, K)", self.K, shape))
+                             % ("(K, N)" if self.transpose else "(N, K)", self.K,
+                                tuple(weight.shape)))
         return shape[1 - k_axis]
 
     def allow_force_backward(self, bottom_index):
@@ -97,7 +103,12 @@ class InnerProductLayer(Layer):
 
     def _weight_nk(self, bottom):
         """The weight as an (N, K) matrix (a view)."""
-        w = bottom[1].data if self.weight_bottom else self.blobs[0].data
+        if self.weight_bottom:
+            self._weight_outputs(bottom[1], check_k=True)
+            w = bottom[1].data.reshape((self.K, self.num_output) if self.transpose
+                                       else (self.num_output, self.K))
+        else:
+            w = self.blobs[0].data
         return w.T if self.transpose else w
 
     def _normalize_rows(self):
@@ -129,7 +140,8 @@ class InnerProductLayer(Layer):
         if self.weight_bottom:
             if len(propagate_down) > 1 and propagate_down[1]:
                 x = bottom[0].data.reshape(self.M, self.K)
-                bottom[1].diff[...] = xp.matmul(x.T, dy) if self.transpose else xp.matmul(dy.T, x)
+                grad = xp.matmul(x.T, dy) if self.transpose else xp.matmul(dy.T, x)
+                bottom[1].diff[...] = grad.reshape(bottom[1].shape)
         elif wants_param_grad(self, 0):
             x = bottom[0].data.reshape(self.M, self.K)
             if self.transpose:
