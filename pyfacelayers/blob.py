@@ -130,7 +130,7 @@ class Blob:
 
     @property
     def _gpu_diff_ptr(self):
-        return self._device_pointer(self._diff, "_gpu_diff_ptr")
+        return self._device_pointer(self.diff, "_gpu_diff_ptr")  # made on first use
 
     def _device_pointer(self, array, what):
         if isinstance(array, np.ndarray):
