@@ -43,3 +43,20 @@ def rel_error(actual, expected):
 def assert_close(actual, expected, tol, what=""):
     err = rel_error(actual, expected)
     assert err <= tol, "%s: relative error %.3g > %.1g" % (what, err, tol)
+
+
+def require_gpu():
+    """cupy, for a GPU test module; skips the whole module (with the reason) without
+    cupy, without a CUDA device, or without pyfacelayers' CUDA module."""
+    cupy = pytest.importorskip("cupy")
+    try:
+        devices = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # no driver
+        devices = 0
+    if devices == 0:
+        pytest.skip("no CUDA device", allow_module_level=True)
+    try:
+        from pyfacelayers import _cuda  # noqa: F401
+    except ImportError:
+        pytest.skip("pyfacelayers was built without its CUDA module", allow_module_level=True)
+    return cupy

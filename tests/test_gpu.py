@@ -13,17 +13,9 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-cupy = pytest.importorskip("cupy")
-try:
-    _DEVICES = cupy.cuda.runtime.getDeviceCount()
-except Exception:  # no driver
-    _DEVICES = 0
-if _DEVICES == 0:
-    pytest.skip("no CUDA device", allow_module_level=True)
-try:
-    from pyfacelayers import _cuda  # noqa: F401
-except ImportError:
-    pytest.skip("pyfacelayers was built without its CUDA module", allow_module_level=True)
+from conftest import require_gpu  # noqa: E402
+
+cupy = require_gpu()
 
 from caffe_ref import load, portable_labels, portable_values  # noqa: E402
 from conftest import FIXTURES, assert_close, shared_path  # noqa: E402

@@ -8,17 +8,9 @@ Skips cleanly without cupy, without a CUDA device, or without the CUDA module.
 
 import pytest
 
-cupy = pytest.importorskip("cupy")
-try:
-    _DEVICES = cupy.cuda.runtime.getDeviceCount()
-except Exception:  # no driver
-    _DEVICES = 0
-if _DEVICES == 0:
-    pytest.skip("no CUDA device", allow_module_level=True)
-try:
-    from pyfacelayers import _cuda  # noqa: F401
-except ImportError:
-    pytest.skip("pyfacelayers was built without its CUDA module", allow_module_level=True)
+from conftest import require_gpu  # noqa: E402
+
+cupy = require_gpu()
 
 from pyfacelayers import backend  # noqa: E402
 

@@ -4,13 +4,9 @@ command (skipped without a CUDA device)."""
 import numpy as np
 import pytest
 
-cupy = pytest.importorskip("cupy")
-try:
-    _DEVICES = cupy.cuda.runtime.getDeviceCount()
-except Exception:  # no driver
-    _DEVICES = 0
-if _DEVICES == 0:
-    pytest.skip("no CUDA device", allow_module_level=True)
+from conftest import require_gpu  # noqa: E402
+
+cupy = require_gpu()
 
 from conftest import assert_close, shared_path  # noqa: E402
 
