@@ -26,7 +26,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The checkout as a fallback only: an installed (built) package comes first.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MARGINS = (
     ("LabelSpecificAdd", 'label_specific_add_param { bias: -0.35 }'),
