@@ -35,6 +35,7 @@ import weakref
 import numpy as np
 
 from ..errors import PyFaceLayersError
+from ..runtime_library import load_cached
 
 log = logging.getLogger("pyfacelayers")
 
@@ -205,23 +206,13 @@ _loaded = {}
 def library():
     """The oneDNN library, or OnednnUnavailable listing what was tried (either answer is
     kept for the process: the layers ask on every pass)."""
-    key = os.environ.get("PYFACELAYERS_ONEDNN_LIBRARY")
-    if key not in _loaded:
-        _loaded[key] = _load(candidate_paths())
-    if isinstance(_loaded[key], str):
-        raise OnednnUnavailable(_loaded[key])
-    return _loaded[key]
-
-
-def _load(paths):
-    problems = []
-    for path in paths:
-        try:
-            return Library(ctypes.CDLL(path), path)
-        except (OSError, OnednnUnavailable) as exc:
-            problems.append("%s: %s" % (path, exc))
-    return ("oneDNN not found (pip install 'pyfacelayers[onednn]', or set "
-            "PYFACELAYERS_ONEDNN_LIBRARY to libdnnl.so.3); tried: %s" % "; ".join(problems))
+    found = load_cached(_loaded, "PYFACELAYERS_ONEDNN_LIBRARY", candidate_paths, Library,
+                        (OSError, OnednnUnavailable),
+                        "oneDNN not found (pip install 'pyfacelayers[onednn]', or set "
+                        "PYFACELAYERS_ONEDNN_LIBRARY to libdnnl.so.3)")
+    if isinstance(found, str):
+        raise OnednnUnavailable(found)
+    return found
 
 
 def available():

@@ -42,6 +42,7 @@ import weakref
 import numpy as np
 
 from ..errors import PyFaceLayersError
+from ..runtime_library import load_cached
 
 log = logging.getLogger("pyfacelayers")
 
@@ -210,23 +211,13 @@ _loaded = {}
 def library():
     """The cuDNN library, or CudnnUnavailable listing what was tried (either answer is
     kept for the process: the layers ask on every pass)."""
-    key = os.environ.get("PYFACELAYERS_CUDNN_LIBRARY")
-    if key not in _loaded:
-        _loaded[key] = _load(candidate_paths())
-    if isinstance(_loaded[key], str):
-        raise CudnnUnavailable(_loaded[key])
-    return _loaded[key]
-
-
-def _load(paths):
-    problems = []
-    for path in paths:
-        try:
-            return Library(ctypes.CDLL(path), path)
-        except (OSError, CudnnUnavailable) as exc:
-            problems.append("%s: %s" % (path, exc))
-    return ("cuDNN not found (install nvidia-cudnn-cu12 or -cu13, or set "
-            "PYFACELAYERS_CUDNN_LIBRARY to libcudnn.so); tried: %s" % "; ".join(problems))
+    found = load_cached(_loaded, "PYFACELAYERS_CUDNN_LIBRARY", candidate_paths, Library,
+                        (OSError, CudnnUnavailable),
+                        "cuDNN not found (install nvidia-cudnn-cu12 or -cu13, or set "
+                        "PYFACELAYERS_CUDNN_LIBRARY to libcudnn.so)")
+    if isinstance(found, str):
+        raise CudnnUnavailable(found)
+    return found
 
 
 def available():
