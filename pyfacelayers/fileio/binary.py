@@ -111,6 +111,38 @@ def _varint(buf, pos, end):
             raise ValueError("varint longer than 10 bytes")
 
 
+def wire_fields(buf, start, end, what, path, container):
+    """(number, wire type, field start, body start, field end) of each protobuf field
+    in ``buf[start:end]``; a malformed one is a FormatError naming the byte and the
+    ``container`` message."""
+    pos = start
+    while pos < end:
+        field_start = pos
+        try:
+            key, pos = _varint(buf, pos, end)
+            number, wire = key >> 3, key & 7
+            if number == 0:
+                raise ValueError("field number 0")
+            body = pos
+            if wire == 0:
+                _, pos = _varint(buf, pos, end)
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            elif wire == 2:
+                length, body = _varint(buf, pos, end)
+                pos = body + length
+            else:
+                raise ValueError("unsupported wire type %d" % wire)
+            if pos > end:
+                raise ValueError("a field runs past the end of the data")
+        except ValueError as exc:
+            raise FormatError("truncated or corrupt %s: %s at byte %d (in a %s)"
+                              % (what, exc, field_start, container), path) from None
+        yield number, wire, field_start, body, pos
+
+
 def parse_in_parts(buf, message_class, what, path=None, start=0, end=None):
     """Parse ``buf[start:end]`` (bytes, or an mmap) as ``message_class`` without handing
     protobuf more than one part at a time: each element of the repeated fields in
@@ -121,30 +153,9 @@ def parse_in_parts(buf, message_class, what, path=None, start=0, end=None):
     message, rest = message_class(), bytearray()
     name = message_class.DESCRIPTOR.name
     counts = {}
-    pos = start
-    while pos < end:
-        field_start = pos
-        try:
-            key, pos = _varint(buf, pos, end)
-            number, wire = key >> 3, key & 7
-            if number == 0:
-                raise ValueError("field number 0")
-            if wire == 0:
-                _, pos = _varint(buf, pos, end)
-            elif wire == 1:
-                pos += 8
-            elif wire == 5:
-                pos += 4
-            elif wire == 2:
-                length, pos = _varint(buf, pos, end)
-                body, pos = pos, pos + length
-            else:
-                raise ValueError("unsupported wire type %d" % wire)
-            if pos > end:
-                raise ValueError("a field runs past the end of the data")
-        except ValueError as exc:
-            raise FormatError("truncated or corrupt %s: %s at byte %d (in a %s)"
-                              % (what, exc, field_start, name), path) from None
+    for number, wire, field_start, body, pos in wire_fields(buf, start, end, what, path,
+                                                            name):
+        length = pos - body
         if wire != 2 or number not in split:
             rest += buf[field_start:pos]
             continue

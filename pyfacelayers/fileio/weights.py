@@ -17,8 +17,8 @@ from google.protobuf.message import DecodeError
 
 from ..errors import FormatError
 from ..proto import caffe_pb2
-from .binary import (PROTOBUF_LIMIT, _open_checked, _undecodable_text_field, _varint,
-                     parse_in_parts)
+from .binary import (PROTOBUF_LIMIT, _open_checked, _undecodable_text_field, parse_in_parts,
+                     wire_fields)
 from .upgrade import upgrade_net
 
 LAYER_FIELDS = frozenset((1, 2, 3, 4, 7))
@@ -26,40 +26,10 @@ V1_LAYER_FIELDS = frozenset((2, 3, 4, 5, 6))
 _NET_LAYER, _NET_V1_LAYERS, _NET_NAME = 100, 2, 1
 
 
-def _fields(buf, start, end, what, path, container):
-    """(number, wire type, field start, body start, field end) of each field."""
-    pos = start
-    while pos < end:
-        field_start = pos
-        try:
-            key, pos = _varint(buf, pos, end)
-            number, wire = key >> 3, key & 7
-            if number == 0:
-                raise ValueError("field number 0")
-            body = pos
-            if wire == 0:
-                _, pos = _varint(buf, pos, end)
-            elif wire == 1:
-                pos += 8
-            elif wire == 5:
-                pos += 4
-            elif wire == 2:
-                length, body = _varint(buf, pos, end)
-                pos = body + length
-            else:
-                raise ValueError("unsupported wire type %d" % wire)
-            if pos > end:
-                raise ValueError("a field runs past the end of the data")
-        except ValueError as exc:
-            raise FormatError("truncated or corrupt %s: %s at byte %d (in a %s)"
-                              % (what, exc, field_start, container), path) from None
-        yield number, wire, field_start, body, pos
-
-
 def _kept_bytes(buf, start, end, keep, what, path, container):
     kept = bytearray()
-    for number, _, field_start, _, field_end in _fields(buf, start, end, what, path,
-                                                        container):
+    for number, _, field_start, _, field_end in wire_fields(buf, start, end, what, path,
+                                                            container):
         if number in keep:
             kept += buf[field_start:field_end]
     return bytes(kept)
@@ -94,8 +64,8 @@ def _read_weights(path):
     path = os.fspath(path)
     net = caffe_pb2.NetParameter()
     try:
-        for number, wire, field_start, body, end in _fields(mapped, 0, len(mapped), what,
-                                                            path, "NetParameter"):
+        for number, wire, field_start, body, end in wire_fields(
+                mapped, 0, len(mapped), what, path, "NetParameter"):
             if wire != 2:
                 continue
             if number == _NET_NAME:
