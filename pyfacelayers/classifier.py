@@ -16,18 +16,26 @@ from .net import TEST, Net
 CROPS_PER_IMAGE = 10
 
 
+def input_transformer(net, mean, input_scale, raw_scale, channel_swap):
+    """pycaffe's preprocessing for the net's first input (HxWxC images to CxHxW), with
+    the settings that are given (Classifier's and Detector's common setup)."""
+    name = net.inputs[0]
+    transformer = io.Transformer({name: net.blobs[name].data.shape})
+    transformer.set_transpose(name, (2, 0, 1))
+    for setting, value in (("set_mean", mean), ("set_input_scale", input_scale),
+                           ("set_raw_scale", raw_scale), ("set_channel_swap", channel_swap)):
+        if value is not None:
+            getattr(transformer, setting)(name, value)
+    return transformer
+
+
 class Classifier(Net):
     def __init__(self, model_file, pretrained_file, image_dims=None, mean=None,
                  input_scale=None, raw_scale=None, channel_swap=None):
         super().__init__(model_file, pretrained_file, TEST)
         name = self.inputs[0]
-        self.transformer = io.Transformer({name: self.blobs[name].data.shape})
-        self.transformer.set_transpose(name, (2, 0, 1))
-        for setting, value in (("set_mean", mean), ("set_input_scale", input_scale),
-                               ("set_raw_scale", raw_scale),
-                               ("set_channel_swap", channel_swap)):
-            if value is not None:
-                getattr(self.transformer, setting)(name, value)
+        self.transformer = input_transformer(self, mean, input_scale, raw_scale,
+                                             channel_swap)
         self.crop_dims = np.array(self.blobs[name].data.shape[2:])
         self.image_dims = self.crop_dims if image_dims is None or not len(image_dims) \
             else np.array(image_dims)

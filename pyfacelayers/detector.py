@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from . import io
+from .classifier import input_transformer
 from .net import TEST, Net
 
 
@@ -25,14 +26,8 @@ class Detector(Net):
     def __init__(self, model_file, pretrained_file, mean=None, input_scale=None,
                  raw_scale=None, channel_swap=None, context_pad=None):
         super().__init__(model_file, pretrained_file, TEST)
-        name = self.inputs[0]
-        self.transformer = io.Transformer({name: self.blobs[name].data.shape})
-        self.transformer.set_transpose(name, (2, 0, 1))
-        for setting, value in (("set_mean", mean), ("set_input_scale", input_scale),
-                               ("set_raw_scale", raw_scale),
-                               ("set_channel_swap", channel_swap)):
-            if value is not None:
-                getattr(self.transformer, setting)(name, value)
+        self.transformer = input_transformer(self, mean, input_scale, raw_scale,
+                                             channel_swap)
         self.configure_crop(context_pad)
 
     def detect_windows(self, images_windows):
