@@ -18,23 +18,27 @@ matplotlib is needed, and scikit-learn for the digits (``pip install
 'pyfacelayers[demo]'``).
 """
 
+import logging
 import math
 import os
-from collections import namedtuple
+from collections import Counter, namedtuple
+from contextlib import nullcontext
 import sys
 import time
 
 import numpy as np
 from google.protobuf import text_format
 
+from . import fork_semantics
 from .backend import to_numpy
 from .proto import caffe_pb2
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "demo")
 
 
-# One of the three runs: a key (file names), a title (table, figures), its net file.
-Method = namedtuple("Method", "key title net_file")
+# One run: a key (file names), a title (table, figures), its net file, and the fork
+# semantics its layers are built with (pyfacelayers.fork_semantics; None: the process's).
+Method = namedtuple("Method", "key title net_file semantics", defaults=(None,))
 
 METHODS = (
     Method("softmax", "softmax", "net_softmax.prototxt"),
@@ -46,7 +50,8 @@ METHODS = (
 # LabelSpecificAdd, CosinAddm, Scale), on the same body; selected with --methods.
 FAMILY_METHODS = (
     Method("amsoftmax", "AM-Softmax (m=0.35)", "net_amsoftmax.prototxt"),
-    Method("arcface", "ArcFace (m=0.5)", "net_arcface.prototxt"),
+    # CosinAddm's GPU code turns NaN on 2-D features (net_arcface.prototxt says why).
+    Method("arcface", "ArcFace (m=0.3)", "net_arcface.prototxt", "gpu,CosinAddm=cpu"),
 )
 METHODS_BY_KEY = {m.key: m for m in METHODS + FAMILY_METHODS}
 # Named selections for --methods; "sphereface" is the default (the paper's experiment).
@@ -295,8 +300,42 @@ class RunResult:
         self.method, self.dim = method, dim
         self.losses, self.lambdas = [], []
         self.accuracy = None
+        self.diverged_at = None     # the first iteration whose loss was not finite
         self.features = self.labels = self.weights = None
         self.seconds = 0.0
+
+    def outcome(self):
+        """"test accuracy 97.2%", or when the loss went non-finite, where."""
+        if self.diverged_at is not None:
+            return "diverged (loss not finite from iteration %d)" % self.diverged_at
+        return "test accuracy %.1f%%" % (100 * self.accuracy)
+
+
+class WarningsOncePerRun(logging.Filter):
+    """Holds back the project's warnings while a run trains and then logs each distinct
+    one once, with its count: a layer that warns on every iteration (CosinAddm's CPU
+    code on a cosine float32 rounded above 1) would bury the progress bar."""
+
+    def __init__(self, title):
+        super().__init__()
+        self.title, self.counts = title, Counter()
+
+    def filter(self, record):
+        if record.levelno != logging.WARNING:
+            return True
+        self.counts[record.getMessage()] += 1
+        return False
+
+    def __enter__(self):
+        logging.getLogger("pyfacelayers").addFilter(self)
+        return self
+
+    def __exit__(self, *exc):
+        logger = logging.getLogger("pyfacelayers")
+        logger.removeFilter(self)
+        for message, count in self.counts.items():
+            logger.warning("%s: %s (%d time%s during training)", self.title, message,
+                           count, "s" if count > 1 else "")
 
 
 def train_one(method, data, dim, iters, run_dir, seed=0, quiet=False, max_shift=None,
@@ -313,7 +352,8 @@ def train_one(method, data, dim, iters, run_dir, seed=0, quiet=False, max_shift=
         max_shift = dataset.max_shift
     test_batch = test_batch_size(len(x_test), dataset.test_batch)
     solver_path = write_run_files(method, dim, test_batch, iters, run_dir, seed, dataset)
-    solver = get_solver(solver_path)
+    with fork_semantics.using(method.semantics) if method.semantics else nullcontext():
+        solver = get_solver(solver_path)
     net = solver.net
     batch = net.blobs["data"].shape[0]
     rng = np.random.default_rng(seed)
@@ -332,18 +372,21 @@ def train_one(method, data, dim, iters, run_dir, seed=0, quiet=False, max_shift=
             lam = float(to_numpy(lambda_blob.data).reshape(-1)[0])
             result.lambdas.append(lam)
         result.losses.append(float(loss))
+        if result.diverged_at is None and not math.isfinite(float(loss)):
+            result.diverged_at = solver.iter
         if progress:
             progress.update(solver.iter, float(loss), lam, final=solver.iter == iters)
 
     solver.add_iteration_callback(after_iteration)
     start = time.perf_counter()
     done = 0
-    while done < iters:
-        step = min(piece_iters, iters - done)
-        positions = np.arange(done * batch, (done + step) * batch) % len(order)
-        net.set_input_arrays(*gather(x_train, y_train, order[positions], rng, max_shift))
-        solver.step(step)
-        done += step
+    with WarningsOncePerRun(method.title):
+        while done < iters:
+            step = min(piece_iters, iters - done)
+            positions = np.arange(done * batch, (done + step) * batch) % len(order)
+            net.set_input_arrays(*gather(x_train, y_train, order[positions], rng, max_shift))
+            solver.step(step)
+            done += step
     result.seconds = time.perf_counter() - start
 
     test_net = solver.test_nets[0]
@@ -401,7 +444,7 @@ def plot_features_2d(results, path, data_title="digits"):
                         va="center", fontsize=9, fontweight="bold")
         top.set_xlim(-reach, reach)
         top.set_ylim(-reach, reach)
-        top.set_title("%s\ntest accuracy %.1f%%" % (res.method.title, 100 * res.accuracy))
+        top.set_title("%s\n%s" % (res.method.title, res.outcome()))
         circle = np.linspace(0, 2 * np.pi, 200)
         bottom.plot(np.cos(circle), np.sin(circle), color="0.7", lw=0.8)
         bottom.set_xlim(-1.5, 1.5)
@@ -449,7 +492,7 @@ def plot_features_3d(results, path, data_title="digits"):
                 ax.set_zlim(-1.2, 1.2)
             ax.set_box_aspect((1, 1, 1))
             ax.set_title("%s\n%s%s" % (res.method.title, title,
-                                       ", test accuracy %.1f%%" % (100 * res.accuracy)
+                                       ", " + res.outcome()
                                        if row == 0 else ""))
             ax.tick_params(labelsize=6)
     fig.axes[0].legend(title="digit", fontsize=7, markerscale=2, loc="upper left", ncol=2)
@@ -516,14 +559,19 @@ def angles(features, labels, weights):
 
 def format_table(results, published=None):
     """The results table; ``published``: {method key: accuracy} to show beside ours."""
-    fmt = "%-17s %9s %10s %11s %13s %8s"
-    lines = [fmt % ("method", "test acc.", "train loss", "angle: own", "nearest other",
-                    "time (s)") + ("  published" if published else "")]
+    width = max([len("method")] + [len(res.method.title) for res in results])
+    fmt = "%-*s %9s %10s %11s %13s %8s"
+    lines = [fmt % (width, "method", "test acc.", "train loss", "angle: own",
+                    "nearest other", "time (s)") + ("  published" if published else "")]
     for res in results:
         tail = res.losses[-max(1, len(res.losses) // 20):]
         own, other = angles(res.features, res.labels, res.weights)
-        line = "%-17s %8.2f%% %10.4f %11.1f %13.1f %8.1f" % (
-            res.method.title, 100 * res.accuracy, float(np.mean(tail)), float(np.mean(own)),
+        # A diverged run's NaN logits would count as correct in Caffe's Accuracy (no
+        # logit compares greater than the label's): say so instead of a percentage.
+        accuracy = ("%8.2f%%" % (100 * res.accuracy) if res.diverged_at is None
+                    else "diverged")
+        line = "%-*s %9s %10.4f %11.1f %13.1f %8.1f" % (
+            width, res.method.title, accuracy, float(np.mean(tail)), float(np.mean(own)),
             float(np.mean(other)), res.seconds)
         if published:
             known = published.get(res.method.key)
@@ -546,13 +594,12 @@ def blas_threads(count):
     The demo's matrix products are small: a second BLAS thread gains little on an idle
     machine and, when the cores are busy, spinning BLAS threads make training several
     times slower."""
-    import contextlib
     if count is None:
-        return contextlib.nullcontext()
+        return nullcontext()
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        return contextlib.nullcontext()
+        return nullcontext()
     return threadpool_limits(limits=count, user_api="blas")
 
 

@@ -34,9 +34,7 @@ def register(subparsers):
                    help="the losses to train side by side: sphereface (default: softmax, "
                         "modified softmax, A-Softmax), family (softmax, A-Softmax, "
                         "AM-Softmax, ArcFace), all, or method keys separated by commas "
-                        "(softmax, modified, asoftmax, amsoftmax, arcface). Experimental: "
-                        "the AM-Softmax and ArcFace heads are not tuned yet and do not "
-                        "learn on the digits' 2-D features")
+                        "(softmax, modified, asoftmax, amsoftmax, arcface)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
