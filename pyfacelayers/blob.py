@@ -19,6 +19,10 @@ class Blob:
         self._xp = xp or backend.xp()
         self._shape = None
         self._data = self._diff = None
+        # Bumped whenever the data array may have been written (see ``data``), so an
+        # engine can keep a derived copy of it until then (``data_for_cache``).
+        self.data_version = 0
+        self._data_locked = False
         # Memory accounting (pyfacelayers.limits): the net being built, if any, and
         # the bytes this blob's own data and diff arrays hold.
         self.name = name
@@ -34,7 +38,7 @@ class Blob:
         if shape != self._shape:
             shape = self._reserve(shape)
             self._shape = shape
-            self._data = self._xp.zeros(shape, dtype=self.dtype)
+            self._replace_data(self._xp.zeros(shape, dtype=self.dtype))
             # The diff is allocated (zeros) when first used: a net that never runs
             # backward never holds one. Its bytes are counted now all the same, so the
             # memory limit cannot be crossed later.
@@ -92,11 +96,38 @@ class Blob:
 
     @property
     def data(self):
+        # Whoever takes the array may write into it, as with pycaffe's mutable_cpu_data:
+        # a copy an engine derived from it (oneDNN's reordered weights) is stale now.
+        self.data_version += 1
+        if self._data_locked:
+            self._data.flags.writeable = True
+            self._data_locked = False
         return self._data
 
     @data.setter
     def data(self, value):
-        self._data[...] = self._checked(value, "data")
+        self.data[...] = self._checked(value, "data")
+
+    def _replace_data(self, array):
+        if self._data_locked:  # the old array may live on in the caller's hands
+            self._data.flags.writeable = True
+        self._data, self._data_locked = array, False
+        self.data_version += 1
+
+    def data_for_cache(self):
+        """(array, version) for an engine that keeps a copy derived from the data until
+        ``data_version`` changes, or (array, None) when that is not safe (a GPU array,
+        or a view of another blob's memory). The array stays read-only until someone
+        takes ``blob.data`` again, so writing through a reference taken before the
+        pass raises instead of going unseen (Caffe's GPU mode has the same rule: take
+        ``.data`` again after a Forward to write)."""
+        array = self._data
+        if not isinstance(array, np.ndarray) or array.base is not None:
+            return array, None
+        if array.flags.writeable:
+            array.flags.writeable = False
+            self._data_locked = True
+        return array, self.data_version
 
     @property
     def diff(self):
@@ -142,7 +173,7 @@ class Blob:
     def share_data(self, other):
         """View ``other``'s data in this blob's shape (Caffe's ShareData; same count)."""
         self._check_same_count(other)
-        self._data = other.data.reshape(self._shape)
+        self._replace_data(other.data.reshape(self._shape))
         self._release("_held_data")
 
     def share_diff(self, other):
@@ -167,10 +198,10 @@ class Blob:
         if xp is self._xp:
             return
         if xp is np:
-            self._data = backend.to_numpy(self._data)
+            self._replace_data(backend.to_numpy(self._data))
             self._diff = None if self._diff is None else backend.to_numpy(self._diff)
         else:
-            self._data = xp.asarray(self._data)
+            self._replace_data(xp.asarray(self._data))
             self._diff = None if self._diff is None else xp.asarray(self._diff)
         self._xp = xp
 

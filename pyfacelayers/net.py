@@ -252,6 +252,7 @@ class Net:
                     for j, need in enumerate(self._bottom_need_backward[i])]
                 layer.param_propagate_down = [True] * len(layer.blobs)
         self.outputs = sorted(available)  # Caffe keeps them in a std::set
+        self._mark_fixed_weights()
         self._fusions = self._plan_fusions()
         self.params = OrderedDict(
             (name, layer.blobs) for name, layer in zip(self._layer_names, self.layers)
@@ -330,6 +331,13 @@ class Net:
                     self._bottom_need_backward[i][j] = False
                 if not self._bottom_need_backward[i][j]:
                     skip.add(name)
+
+    def _mark_fixed_weights(self):
+        """Convolutions that never run backward here may let their engine keep a copy
+        of the weights in its own layout (Blob.data_version says when it is stale)."""
+        for i, layer in enumerate(self.layers):
+            if layer.type == "Convolution" and not self._layer_need_backward[i]:
+                layer.weights_fixed = True
 
     def _plan_fusions(self):
         """{convolution index: activation index} for the activations a CPU engine may

@@ -158,3 +158,78 @@ def test_sphereface_deploy_through_onednn_matches_im2col(monkeypatch, batch):
     out, _ = run(net, x)
     assert len(fused_layers(net)) == 20  # every convolution, with its PReLU
     assert_close(out["fc5"], out_ref["fc5"], 1e-4, "fc5")
+
+
+# -- the weights' reordered copy (kept while Blob.data_version holds) -------------------
+def _forward_step(net, name):
+    return net.layers[list(net._layer_names).index(name)]._onednn_conv[1]._steps["forward"]
+
+
+@needs_onednn
+def test_weights_are_reordered_once_and_again_after_a_write(monkeypatch, tmp_path):
+    x = np.random.default_rng(1).standard_normal((2, 3, 9, 8)).astype(np.float32)
+    net = small_net(tmp_path)
+    assert all(layer.weights_fixed for layer in net.layers if layer.type == "Convolution")
+    first, _ = run(net, x)
+    reordering = [name for name in ("c1", "c2", "c3", "c4") if onednn.ARG_WEIGHTS in
+                  [arg for arg, _, _ in _forward_step(net, name).before]]
+    if not reordering:
+        pytest.skip("oneDNN runs every convolution on the plain weight layout here")
+    name = reordering[0]
+    step = _forward_step(net, name)
+    kept = step.reordered[onednn.ARG_WEIGHTS]
+    again, _ = run(net, x)
+    assert step.reordered[onednn.ARG_WEIGHTS] == kept
+    assert_close(again["c4"], first["c4"], 0)
+
+    # A write through blob.data is seen by the next pass, as on im2col.
+    w = net.params[name][0].data
+    w *= -2
+    changed, _ = run(net, x)
+    assert step.reordered[onednn.ARG_WEIGHTS] != kept
+    with monkeypatch.context() as patch:
+        patch.setenv("PYFACELAYERS_CONV_ENGINE", "caffe")
+        ref_net = small_net(tmp_path)
+        ref_net.params[name][0].data[...] = w
+        expected, _ = run(ref_net, x)
+    assert_close(changed["c4"], expected["c4"], 1e-5)
+    assert not np.allclose(changed["c4"], first["c4"])
+
+
+@needs_onednn
+def test_a_reference_taken_before_the_pass_cannot_write_stale_weights(tmp_path):
+    # As in Caffe's GPU mode, take .data again after a Forward to write: here a
+    # write through the older reference raises instead of going unseen.
+    x = np.zeros((2, 3, 9, 8), np.float32)
+    net = small_net(tmp_path)
+    held = net.params["c1"][0].data
+    run(net, x)
+    with pytest.raises(ValueError, match="read-only"):
+        held[...] = 0
+    net.params["c1"][0].data[...] = 0  # taking .data again makes it writable
+    assert not held.any()
+
+
+@needs_onednn
+def test_a_test_net_sharing_the_training_weights_follows_the_updates(tmp_path):
+    # The solver's test net shares the blobs the training net updates every step.
+    train = tmp_path / "train.prototxt"
+    train.write_text(SMALL.replace('name: "small"', 'name: "small"\nforce_backward: true'))
+    net = caffe.Net(str(train), caffe.TRAIN, seed=3)
+    test = small_net(tmp_path)
+    test.share_with(net)
+    x = np.random.default_rng(2).standard_normal((2, 3, 9, 8)).astype(np.float32)
+    before, _ = run(test, x)
+    net.forward(data=x)
+    net.blobs["c4"].diff[...] = 1
+    net.backward()
+    for blob in (b for layer in net.layers for b in layer.blobs):
+        blob.data -= 0.1 * blob.diff  # what Solver.apply_update does
+    after, _ = run(test, x)
+    fresh = small_net(tmp_path)
+    for name, blobs in net.params.items():
+        for k, blob in enumerate(blobs):
+            fresh.params[name][k].data[...] = blob.data
+    expected, _ = run(fresh, x)
+    assert not np.allclose(after["c4"], before["c4"])
+    assert_close(after["c4"], expected["c4"], 1e-6)

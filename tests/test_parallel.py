@@ -181,9 +181,12 @@ def test_a_killed_rank_stops_the_job_and_the_last_snapshot_resumes(tmp_path):
             job.kill()
             job.wait()
     assert job.returncode != 0
-    # The launcher reports the dead process by pid; rank 0's log maps it to rank 1.
+    # The launcher reports a dead process by pid; rank 0's log maps pids to ranks.
+    # MPICH names the first exit it notices: usually the killed rank, sometimes
+    # rank 0, which its clean-up killed in the same instant.
     assert "Rank 1: pid %d" % pids[1] in log_text
-    assert "PID %d " % pids[1] in out and "BAD TERMINATION" in out, out
+    assert "BAD TERMINATION" in out, out
+    assert any("PID %d " % pid in out for pid in pids.values()), out
     latest = snap.latest_snapshot(prefix)
     assert latest is not None
     iteration = int(re.search(r"_iter_(\d+)\.solverstate$", latest).group(1))

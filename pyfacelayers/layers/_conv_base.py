@@ -297,6 +297,9 @@ class ConvolutionBase(Layer):
     fusable_activation = None
     fuse_activation = False
     activation_fused = False
+    # Set by the net where this layer never runs backward: the engine may keep its own
+    # copy of the weights (oneDNN's reordered layout) while Blob.data_version holds.
+    weights_fixed = False
 
     def _fused_post_op(self):
         """The oneDNN post-op for the activation fused into this pass, or None."""
@@ -353,13 +356,20 @@ class ConvolutionBase(Layer):
     def _forward_engine(self, conv, b, t):
         x = self._images(b.data, self.channels, self.in_spatial)
         y = self._images(t.data, self.num_output, self.out_spatial)
-        w = self.blobs[0].data.reshape(conv.w_shape)
         if getattr(conv, "adds_bias", False):  # oneDNN: bias (and post-op) in its pass
             extra = {"bias": self.blobs[1].data} if self.bias_term else {}
             extra.update(self._post_op_arrays())
+            if self.weights_fixed:
+                weights, version = self.blobs[0].data_for_cache()
+                w = weights.reshape(conv.w_shape)
+                extra["w_key"] = None if version is None else (
+                    id(self.blobs[0]), weights.ctypes.data, version)
+            else:
+                w = self.blobs[0].data.reshape(conv.w_shape)
             self._engine_call(conv, conv.forward, x, w, y, **extra)
             self.activation_fused = conv.post_op is not None
             return
+        w = self.blobs[0].data.reshape(conv.w_shape)
         self._engine_call(conv, conv.forward, x, w, y)
         self._add_bias(t.data.reshape(self.num, self.num_output, -1))
 
