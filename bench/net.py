@@ -37,6 +37,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))  # the source tree ahead of an installed copy
 
 import pyfacelayers as caffe  # noqa: E402
 from pyfacelayers.fileio import read_net  # noqa: E402

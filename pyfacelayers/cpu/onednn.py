@@ -36,6 +36,7 @@ import numpy as np
 
 from ..errors import PyFaceLayersError
 from ..runtime_library import load_cached
+from . import blas_threads
 
 log = logging.getLogger("pyfacelayers")
 
@@ -424,6 +425,7 @@ class Convolution2d:
     def __init__(self, x_shape, w_shape, y_shape, pad, stride, dilation, group,
                  bias=False, post_op=None, lib=None, algo=None, layout_name=None):
         self.lib = lib or library()
+        blas_threads.share_cores_with_onednn()
         self.x_shape, self.w_shape, self.y_shape = (tuple(int(v) for v in s) for s in
                                                     (x_shape, w_shape, y_shape))
         if min(self.x_shape + self.w_shape + self.y_shape) < 1:
