@@ -78,7 +78,6 @@ def share_cores_with_onednn():
     _done.append(True)
     if count is None:
         return
-    import numpy  # noqa: F401  (its OpenBLAS must be loaded to be found)
     if set_openblas_threads(count):
         log.info("numpy's OpenBLAS set to %d thread(s) while oneDNN runs the "
                  "convolutions (%s; 0 leaves it alone)", count, ENV_VAR)
