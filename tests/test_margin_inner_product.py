@@ -381,8 +381,8 @@ def test_kernels_validate_their_arguments():
 def test_weight_diff_accumulates_in_blocks(monkeypatch, carried):
     """Both weight-gradient paths (a zero diff written directly; a non-zero diff added
     block by block) give diff + top_diff^T . X."""
-    import pyfacelayers.layers.margin_inner_product as mod
-    monkeypatch.setattr(mod, "_WGRAD_CHUNK_BYTES", 3 * 4 * 8)  # 3 weight rows per block
+    import pyfacelayers.layers._products as mod
+    monkeypatch.setattr(mod, "CHUNK_BYTES", 3 * 4 * 8)  # 3 weight rows per block
     rng = np.random.default_rng(4)
     layer, bottom, top = make_layer((6, 4), 11, np.float64, type="TRIPLE", base=2)
     layer.blobs[0].data[...] = rng.normal(size=(11, 4))

@@ -1110,3 +1110,29 @@ def test_im2col_nd_agrees_with_2d_and_reference(dtype):
     with pytest.raises(ValueError, match="column buffer must have shape"):
         _C.im2col_nd(np.zeros((1, 1, 3, 3, 3)), np.zeros((8, 1, 9)), [2, 2, 2], [0, 0, 0],
                      [1, 1, 1], [1, 1, 1])
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("carried", [0.0, 0.5])
+def test_inner_product_weight_gradient_adds_to_the_diff(monkeypatch, transpose, carried):
+    # Written straight into a zero diff, or added block by block (3 rows per block).
+    import pyfacelayers.layers._products as products
+    monkeypatch.setattr(products, "CHUNK_BYTES", 3 * 8 * (7 if transpose else 5))
+    from pyfacelayers.layers import create_layer
+    from pyfacelayers.proto import caffe_pb2
+    from pyfacelayers.blob import Blob
+    lp = caffe_pb2.LayerParameter(name="ip", type="InnerProduct")
+    lp.inner_product_param.num_output = 7
+    lp.inner_product_param.transpose = transpose
+    lp.inner_product_param.weight_filler.type = "gaussian"
+    layer = create_layer(lp, dtype=np.float64)
+    rng = np.random.default_rng(5)
+    bottom, top = [Blob((4, 5), np.float64)], [Blob((), np.float64)]
+    bottom[0].data[...] = rng.normal(size=(4, 5))
+    layer.setup(bottom, top)
+    layer.forward(bottom, top)
+    top[0].diff[...] = rng.normal(size=(4, 7))
+    layer.blobs[0].diff[...] = carried
+    layer.backward(top, [True], bottom)
+    product = bottom[0].data.T @ top[0].diff if transpose else top[0].diff.T @ bottom[0].data
+    np.testing.assert_allclose(layer.blobs[0].diff, carried + product, rtol=1e-13, atol=1e-13)

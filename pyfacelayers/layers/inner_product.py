@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import fork_semantics
 from ..backend import array_module
+from ._products import add_product
 from ._vision_util import new_param_blob, wants_param_grad
 from .base import Layer, register
 
@@ -144,10 +145,11 @@ class InnerProductLayer(Layer):
                 bottom[1].diff[...] = grad.reshape(bottom[1].shape)
         elif wants_param_grad(self, 0):
             x = bottom[0].data.reshape(self.M, self.K)
+            weight_diff = self.blobs[0].diff
             if self.transpose:
-                self.blobs[0].diff[...] += xp.matmul(x.T, dy)
+                add_product(weight_diff.reshape(self.K, self.num_output), x.T, dy)
             else:
-                self.blobs[0].diff[...] += xp.matmul(dy.T, x)
+                add_product(weight_diff.reshape(self.num_output, self.K), dy.T, x)
         if self.bias_term and wants_param_grad(self, 1):
             self.blobs[1].diff[...] += dy.sum(axis=0)
         if propagate_down[0]:

@@ -12,15 +12,13 @@ import numpy as np
 from ..backend import array_module
 from ..blob import Blob
 from ..proto import caffe_pb2
+from ._products import add_product
 from .base import Layer, register
 
 _P = caffe_pb2.MarginInnerProductParameter
 _TYPE_NAMES = {"SINGLE": _P.SINGLE, "DOUBLE": _P.DOUBLE, "TRIPLE": _P.TRIPLE,
                "QUADRUPLE": _P.QUADRUPLE}
 _GRADIENTS = ("normalized", "exact")
-# Rows of the weight gradient computed per BLAS call when adding to a non-zero diff:
-# bounds the temporary (numpy's matmul cannot add into its output) to about 8 MB.
-_WGRAD_CHUNK_BYTES = 1 << 23
 
 
 def _kernels(xp):
@@ -363,24 +361,8 @@ class MarginInnerProduct(Layer):
                 self._accumulate_weight_diff(xp, weight_diff, top_diff, x)
 
     def _accumulate_weight_diff(self, xp, weight_diff, top_diff, x):
-        """weight_diff += top_diff^T . X without an N x K temporary.
-
-        numpy's matmul cannot add into its output (BLAS beta = 1), so: when the diff is
-        all zeros (the usual case: the solver clears diffs every iteration) write the
-        product straight into it; otherwise add it in blocks of weight rows (a bounded
-        temporary of about 8 MB).
-        """
+        """weight_diff += top_diff^T . X without an N x K temporary."""
         if xp is not np:  # cuBLAS adds into the diff (beta = 1): no temporary (gpu helper)
             _kernels(xp).add_weight_grad(weight_diff, top_diff, x)
             return
-        if not bool(weight_diff.any()):
-            xp.matmul(top_diff.T, x, out=weight_diff)
-            return
-        n, k = weight_diff.shape
-        rows = max(1, _WGRAD_CHUNK_BYTES // max(1, k * self.dtype.itemsize))
-        scratch = xp.empty((min(rows, n), k), self.dtype)
-        for j0 in range(0, n, rows):
-            j1 = min(n, j0 + rows)
-            block = scratch[:j1 - j0]
-            xp.matmul(top_diff[:, j0:j1].T, x, out=block)
-            weight_diff[j0:j1] += block
+        add_product(weight_diff, top_diff.T, x)
