@@ -52,6 +52,19 @@ def parse_size(text, what=ENV_VAR):
     return int(value)
 
 
+def parse_count(text, what, zero_means):
+    """A whole number >= 0 from an environment variable's ``text`` (threads, workers);
+    anything else is a ValueError naming ``what`` and what 0 means."""
+    try:
+        count = int(str(text).strip())
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise ValueError("%s must be a whole number >= 0 (0: %s), got %r"
+                         % (what, zero_means, text))
+    return count
+
+
 def physical_memory():
     """The machine's physical memory in bytes (FALLBACK_PHYSICAL when unknown)."""
     try:

@@ -27,9 +27,9 @@ def _have_layers(*types):
         pytest.skip("the solvers are not in this build yet (%s)" % exc)
 
 
-def _net_types():
+def _net_types(methods=demo.METHODS):
     types = set()
-    for method in demo.METHODS:
+    for method in methods:
         param = demo.read_text(os.path.join(demo.DATA_DIR, method.net_file),
                                caffe_pb2.NetParameter())
         types.update(layer.type for layer in param.layer)
@@ -201,12 +201,7 @@ def test_training_is_reproducible_and_learns(tmp_path):
 
 
 def _family_types():
-    types = set()
-    for method in demo.FAMILY_METHODS:
-        param = demo.read_text(os.path.join(demo.DATA_DIR, method.net_file),
-                               caffe_pb2.NetParameter())
-        types.update(layer.type for layer in param.layer)
-    return types
+    return _net_types(demo.FAMILY_METHODS)
 
 
 @pytest.mark.parametrize("key, floor, loss_ratio", [("arcface", 0.85, 0.5),

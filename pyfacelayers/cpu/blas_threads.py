@@ -19,6 +19,8 @@ import ctypes
 import logging
 import os
 
+from .. import limits
+
 log = logging.getLogger("pyfacelayers")
 ENV_VAR = "PYFACELAYERS_BLAS_THREADS"
 # The setter's name in OpenBLAS builds: plain, and numpy's scipy-openblas (64-bit ints).
@@ -32,14 +34,7 @@ def wanted_count():
     text = os.environ.get(ENV_VAR, "").strip()
     if not text:
         return None if os.environ.get("OPENBLAS_NUM_THREADS") else 1
-    try:
-        count = int(text)
-    except ValueError:
-        count = -1
-    if count < 0:
-        raise ValueError("%s must be a whole number of threads (0: leave numpy's BLAS "
-                         "alone), got %r" % (ENV_VAR, text))
-    return count or None
+    return limits.parse_count(text, ENV_VAR, "leave numpy's BLAS alone") or None
 
 
 def openblas_libraries():

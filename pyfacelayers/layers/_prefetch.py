@@ -29,19 +29,14 @@ import os
 
 import numpy as np
 
+from .. import limits
+
 DEFAULT_WORKERS = 1
 
 
 def worker_count():
-    text = os.environ.get("PYFACELAYERS_DATA_WORKERS", str(DEFAULT_WORKERS)).strip()
-    try:
-        count = int(text)
-    except ValueError:
-        count = -1
-    if count < 0:
-        raise ValueError("PYFACELAYERS_DATA_WORKERS must be a whole number >= 0, got %r"
-                         % text)
-    return count
+    return limits.parse_count(os.environ.get("PYFACELAYERS_DATA_WORKERS", DEFAULT_WORKERS),
+                              "PYFACELAYERS_DATA_WORKERS", "decode on the net's thread")
 
 
 _Planned = collections.namedtuple("_Planned", "position rng_state result")
