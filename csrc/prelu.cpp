@@ -8,6 +8,7 @@
 
 #include "array_checks.h"
 #include "bind_registry.h"
+#include "parallel.h"
 
 namespace pfl {
 
@@ -34,20 +35,31 @@ inline T prelu_data_factor(T x, T a) {
 
 template <typename T>
 void prelu_forward_cpu(const T* x, const T* slope, T* y, PreluDims d) {
-  for (long n = 0; n < d.num; ++n)
-    for (long c = 0; c < d.channels; ++c) {
-      const long base = (n * d.channels + c) * d.inner;
-      const T* __restrict__ in = x + base;
-      T* __restrict__ out = y + base;
-      const T a = slope[c];
-      for (long j = 0; j < d.inner; ++j) out[j] = prelu_value(in[j], a);
-    }
+  const long rows = d.num * d.channels;
+  const int threads = threads_for(rows * d.inner);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+#endif
+  for (long r = 0; r < rows; ++r) {
+    const long base = r * d.inner;
+    const T* __restrict__ in = x + base;
+    T* __restrict__ out = y + base;
+    const T a = slope[r % d.channels];
+    for (long j = 0; j < d.inner; ++j) out[j] = prelu_value(in[j], a);
+  }
+  (void)threads;
 }
 
 // Adds sum(dy * x * (x <= 0)) per channel to slope_diff: eight partial sums per image
 // (so that it vectorises), the images added in double.
 template <typename T>
 void prelu_slope_grad_cpu(const T* x, const T* dy, T* slope_diff, PreluDims d) {
+  // One channel per thread, each summed in the same order as serially: the result does
+  // not depend on the thread count.
+  const int threads = threads_for(d.num * d.channels * d.inner);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+#endif
   for (long c = 0; c < d.channels; ++c) {
     double sum = 0.0;
     for (long n = 0; n < d.num; ++n) {
@@ -64,24 +76,30 @@ void prelu_slope_grad_cpu(const T* x, const T* dy, T* slope_diff, PreluDims d) {
     }
     slope_diff[c] += static_cast<T>(sum);
   }
+  (void)threads;
 }
 
 // dx = dy * ((x > 0) + a * (x <= 0)); dx may be dy itself.
 template <typename T>
 void prelu_data_grad_cpu(const T* x, const T* dy, const T* slope, T* dx, PreluDims d) {
-  for (long n = 0; n < d.num; ++n)
-    for (long c = 0; c < d.channels; ++c) {
-      const long base = (n * d.channels + c) * d.inner;
-      const T* __restrict__ in = x + base;
-      T* __restrict__ out = dx + base;
-      const T a = slope[c];
-      if (dy == dx) {  // in place: a loop of its own, so that restrict stays true
-        for (long j = 0; j < d.inner; ++j) out[j] *= prelu_data_factor(in[j], a);
-      } else {
-        const T* __restrict__ grad = dy + base;
-        for (long j = 0; j < d.inner; ++j) out[j] = grad[j] * prelu_data_factor(in[j], a);
-      }
+  const long rows = d.num * d.channels;
+  const int threads = threads_for(rows * d.inner);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+#endif
+  for (long r = 0; r < rows; ++r) {
+    const long base = r * d.inner;
+    const T* __restrict__ in = x + base;
+    T* __restrict__ out = dx + base;
+    const T a = slope[r % d.channels];
+    if (dy == dx) {  // in place: a loop of its own, so that restrict stays true
+      for (long j = 0; j < d.inner; ++j) out[j] *= prelu_data_factor(in[j], a);
+    } else {
+      const T* __restrict__ grad = dy + base;
+      for (long j = 0; j < d.inner; ++j) out[j] = grad[j] * prelu_data_factor(in[j], a);
     }
+  }
+  (void)threads;
 }
 
 template <typename T>
@@ -173,6 +191,11 @@ void bind(py::module_& m) {
       py::arg("slope_diff"), py::arg("channel_shared"),
       "Adds the slope gradient to slope_diff (unless None), then overwrites bottom_diff "
       "(unless None; may be top_diff) with dy * (x <= 0 ? a : 1).");
+  m.def("set_elementwise_threads", &set_elementwise_threads, py::arg("threads"),
+        "Threads of the element-wise kernels (PReLU): n <= 0 gives OpenMP's default; "
+        "always 1 in a build without OpenMP.");
+  m.def("elementwise_threads", [] { return elementwise_thread_count; },
+        "Threads the element-wise kernels use now (1 until set).");
 }
 
 }  // namespace

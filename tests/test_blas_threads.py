@@ -52,3 +52,32 @@ def test_numpy_openblas_is_set_and_products_are_unchanged():
     finally:
         blas_threads.set_openblas_threads(before_threads)
     assert _openblas_threads() == before_threads
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_prelu_kernels_give_the_same_bits_on_any_thread_count(shared):
+    from pyfacelayers import _C
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 16, 1200)).astype(np.float32)  # above the serial cut-off
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    slope = rng.uniform(-0.5, 0.5, 1 if shared else 16).astype(np.float32)
+    results = []
+    before = _C.elementwise_threads()
+    try:
+        for threads in (1, 2, 3):
+            _C.set_elementwise_threads(threads)
+            y, dx, ds = np.empty_like(x), np.empty_like(x), np.zeros_like(slope)
+            _C.prelu_forward(x, slope, y, shared)
+            _C.prelu_backward(x, dy, slope, dx, ds, shared)
+            in_place = dy.copy()
+            _C.prelu_backward(x, in_place, slope, in_place, None, shared)
+            results.append((y, dx, ds, in_place))
+    finally:
+        _C.set_elementwise_threads(before)
+    a = slope.reshape(1, -1, 1) if not shared else slope[0]
+    np.testing.assert_allclose(results[0][0], np.maximum(x, 0) + a * np.minimum(x, 0),
+                               rtol=1e-6)
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            assert np.array_equal(got, want)
+    assert np.array_equal(results[0][3], results[0][1])

@@ -12,7 +12,8 @@ So when oneDNN first runs a convolution, numpy's OpenBLAS is set to
 ``PYFACELAYERS_BLAS_THREADS`` threads: unset means 1, unless the user chose a count
 with ``OPENBLAS_NUM_THREADS`` (then nothing is changed); ``0`` leaves numpy's BLAS
 alone. Found through the process's loaded libraries (numpy's bundled OpenBLAS); other
-BLAS libraries are left as they are.
+BLAS libraries are left as they are. At the same moment the C++ element-wise kernels
+(PReLU) start using OpenMP's pool, the libgomp threads oneDNN runs on.
 """
 
 import ctypes
@@ -76,3 +77,7 @@ def share_cores_with_onednn():
     if set_openblas_threads(count):
         log.info("numpy's OpenBLAS set to %d thread(s) while oneDNN runs the "
                  "convolutions (%s; 0 leaves it alone)", count, ENV_VAR)
+    # The C++ element-wise kernels join oneDNN's OpenMP pool (serial before: beside a
+    # multi-threaded OpenBLAS their spinning threads would compete with it).
+    from .. import _C
+    _C.set_elementwise_threads(0)
