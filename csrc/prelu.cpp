@@ -33,21 +33,26 @@ inline T prelu_data_factor(T x, T a) {
   return static_cast<T>(x > T(0)) + a * static_cast<T>(x <= T(0));
 }
 
-template <typename T>
-void prelu_forward_cpu(const T* x, const T* slope, T* y, PreluDims d) {
+// fn(offset, slope) for every (image, channel) row of d.inner values, on the
+// element-wise threads (parallel.h): rows are independent.
+template <typename T, typename Fn>
+void for_each_row(const T* slope, PreluDims d, Fn fn) {
   const long rows = d.num * d.channels;
   const int threads = threads_for(rows * d.inner);
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
 #endif
-  for (long r = 0; r < rows; ++r) {
-    const long base = r * d.inner;
+  for (long r = 0; r < rows; ++r) fn(r * d.inner, slope[r % d.channels]);
+  (void)threads;
+}
+
+template <typename T>
+void prelu_forward_cpu(const T* x, const T* slope, T* y, PreluDims d) {
+  for_each_row(slope, d, [=](long base, T a) {
     const T* __restrict__ in = x + base;
     T* __restrict__ out = y + base;
-    const T a = slope[r % d.channels];
     for (long j = 0; j < d.inner; ++j) out[j] = prelu_value(in[j], a);
-  }
-  (void)threads;
+  });
 }
 
 // Adds sum(dy * x * (x <= 0)) per channel to slope_diff: eight partial sums per image
@@ -82,24 +87,16 @@ void prelu_slope_grad_cpu(const T* x, const T* dy, T* slope_diff, PreluDims d) {
 // dx = dy * ((x > 0) + a * (x <= 0)); dx may be dy itself.
 template <typename T>
 void prelu_data_grad_cpu(const T* x, const T* dy, const T* slope, T* dx, PreluDims d) {
-  const long rows = d.num * d.channels;
-  const int threads = threads_for(rows * d.inner);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-#endif
-  for (long r = 0; r < rows; ++r) {
-    const long base = r * d.inner;
+  for_each_row(slope, d, [=](long base, T a) {
     const T* __restrict__ in = x + base;
     T* __restrict__ out = dx + base;
-    const T a = slope[r % d.channels];
     if (dy == dx) {  // in place: a loop of its own, so that restrict stays true
       for (long j = 0; j < d.inner; ++j) out[j] *= prelu_data_factor(in[j], a);
     } else {
       const T* __restrict__ grad = dy + base;
       for (long j = 0; j < d.inner; ++j) out[j] = grad[j] * prelu_data_factor(in[j], a);
     }
-  }
-  (void)threads;
+  });
 }
 
 template <typename T>
