@@ -12,8 +12,9 @@ So when oneDNN first runs a convolution, numpy's OpenBLAS is set to
 ``PYFACELAYERS_BLAS_THREADS`` threads: unset means 1, unless the user chose a count
 with ``OPENBLAS_NUM_THREADS`` (then nothing is changed); ``0`` leaves numpy's BLAS
 alone. Found through the process's loaded libraries (numpy's bundled OpenBLAS); other
-BLAS libraries are left as they are. At the same moment the C++ element-wise kernels
-(PReLU) start using OpenMP's pool, the libgomp threads oneDNN runs on.
+BLAS libraries are left as they are. Where the limit applies, the C++ element-wise
+kernels (PReLU) start using OpenMP's pool, the libgomp threads oneDNN runs on, at the
+same moment; otherwise they stay serial.
 """
 
 import ctypes
