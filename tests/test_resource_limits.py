@@ -268,12 +268,13 @@ def test_shared_params_are_counted_once(monkeypatch):
         'param { name: "w" } param { name: "b" } inner_product_param { num_output: 3 } }'
         % (i, i) for i in range(2)))
     net = build(text)
-    # data, its two Split copies, two tops, and one weight and bias between the layers.
-    blobs = 3 * (2 * 10) + 2 * (2 * 3)
-    assert net.memory_bytes == 2 * 4 * (blobs + 3 * 10 + 3)
+    # Data and diff of: data, two tops, and one weight and bias between the layers;
+    # the two Split tops view data's data (Caffe's ShareData) and hold their diffs.
+    blobs = 2 * 10 + 2 * (2 * 3)
+    assert net.memory_bytes == 4 * (2 * blobs + 2 * (2 * 10) + 2 * (3 * 10 + 3))
     other = build(text)
     other.share_with(net)  # as a solver's test net: the parameters are net's
-    assert other.memory_bytes == 2 * 4 * blobs
+    assert other.memory_bytes == 4 * (2 * blobs + 2 * (2 * 10))
 
 
 def test_check_array_for_other_callers(monkeypatch):

@@ -292,14 +292,15 @@ def test_slice_bad_inputs(text, message):
         run(make("Slice", text), [np.ones((4, 6))], num_top=3)
 
 
-def test_split_copies_and_sums_gradients():
+def test_split_shares_data_and_sums_gradients():
     x = RNG.standard_normal((2, 3))
     layer = make("Split")
     bottoms, tops = run(layer, [x], num_top=3)
     for t in tops:
         np.testing.assert_array_equal(t.data, x)
-    tops[0].data[...] = 0  # a top written in place must not change the others
-    np.testing.assert_array_equal(tops[1].data, x)
+    tops[0].data[...] = 0  # Caffe's tops share the bottom's data: no copy
+    np.testing.assert_array_equal(tops[1].data, 0)
+    np.testing.assert_array_equal(bottoms[0].data, 0)
     diffs = [RNG.standard_normal(x.shape) for _ in tops]
     for t, d in zip(tops, diffs):
         t.diff[...] = d

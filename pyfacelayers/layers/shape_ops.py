@@ -151,7 +151,9 @@ class CropLayer(Layer):
 
 @register
 class SplitLayer(Layer):
-    """Copies the bottom to every top; the bottom gradient is the sum of the top ones."""
+    """Every top views the bottom's data (Caffe's ShareData: no copy, so a write into
+    one top is seen in the bottom and the other tops, as in Caffe); the bottom
+    gradient is the sum of the top ones."""
 
     type = "Split"
     exact_num_bottom = 1
@@ -159,12 +161,12 @@ class SplitLayer(Layer):
 
     def reshape(self, bottom, top):
         _no_in_place(self, bottom, top)
-        for t in top:
-            t.reshape(bottom[0].shape)
+        self.forward(bottom, top)
 
     def forward(self, bottom, top):
-        for t in top:
-            t.data[...] = bottom[0].data
+        for t in top:  # again at every pass, in case the bottom's array was replaced
+            t.reshape(bottom[0].shape)
+            t.share_data(bottom[0])
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
