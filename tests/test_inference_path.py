@@ -161,8 +161,11 @@ def test_sphereface_deploy_through_onednn_matches_im2col(monkeypatch, batch):
 
 
 # -- the weights' reordered copy (kept while Blob.data_version holds) -------------------
-def _forward_step(net, name):
-    return net.layers[list(net._layer_names).index(name)]._onednn_conv[1]._steps["forward"]
+def _weight_buffer(net, name):
+    """The forward's buffer of reordered weights, or None (plain weights: no reorder)."""
+    step = net.layers[list(net._layer_names).index(name)]._onednn_conv[1]._steps["forward"]
+    return next((buffer for arg, _, _, buffer in step.before
+                 if arg == onednn.ARG_WEIGHTS), None)
 
 
 @needs_onednn
@@ -171,22 +174,22 @@ def test_weights_are_reordered_once_and_again_after_a_write(monkeypatch, tmp_pat
     net = small_net(tmp_path)
     assert all(layer.weights_fixed for layer in net.layers if layer.type == "Convolution")
     first, _ = run(net, x)
-    reordering = [name for name in ("c1", "c2", "c3", "c4") if onednn.ARG_WEIGHTS in
-                  [arg for arg, _, _ in _forward_step(net, name).before]]
+    reordering = [name for name in ("c1", "c2", "c3", "c4") if _weight_buffer(net, name)]
     if not reordering:
         pytest.skip("oneDNN runs every convolution on the plain weight layout here")
     name = reordering[0]
-    step = _forward_step(net, name)
-    kept = step.reordered[onednn.ARG_WEIGHTS]
+    buffer = _weight_buffer(net, name)
+    kept = buffer.holds
+    assert kept is not None
     again, _ = run(net, x)
-    assert step.reordered[onednn.ARG_WEIGHTS] == kept
+    assert buffer.holds == kept
     assert_close(again["c4"], first["c4"], 0)
 
     # A write through blob.data is seen by the next pass, as on im2col.
     w = net.params[name][0].data
     w *= -2
     changed, _ = run(net, x)
-    assert step.reordered[onednn.ARG_WEIGHTS] != kept
+    assert buffer.holds != kept
     with monkeypatch.context() as patch:
         patch.setenv("PYFACELAYERS_CONV_ENGINE", "caffe")
         ref_net = small_net(tmp_path)

@@ -280,6 +280,7 @@ def test_declarations_match_the_real_headers(tmp_path):
         calls.append("    s = %s(%s);" % (name, ", ".join(args)))
     constants = {
         "dnnl_success": onednn.SUCCESS, "dnnl_f32": onednn.F32,
+        "dnnl_data_type_undef": onednn.DATA_TYPE_UNDEF,
         "dnnl_format_tag_any": onednn.TAG_ANY, "dnnl_a": onednn.TAG_A,
         "dnnl_ab": onednn.TAG_AB, "dnnl_abcd": onednn.TAG_ABCD,
         "dnnl_abcde": onednn.TAG_ABCDE, "dnnl_cpu": onednn.ENGINE_CPU,

@@ -42,6 +42,7 @@ log = logging.getLogger("pyfacelayers")
 
 # -- facts from oneapi/dnnl/dnnl_types.h and dnnl_common_types.h (oneDNN 3.x) --------
 SUCCESS = 0
+DATA_TYPE_UNDEF = 0
 STATUS_NAMES = {1: "out_of_memory", 2: "invalid_arguments", 3: "unimplemented",
                 4: "last_impl_reached", 5: "runtime_error", 6: "not_required"}
 F32 = 3
@@ -97,6 +98,7 @@ _SIGNATURES = {
     "dnnl_stream_create": [_PP, _P, ctypes.c_uint],
     "dnnl_stream_wait": [_P],
     "dnnl_memory_desc_create_with_tag": [_PP, _I, _D, _I, _I],
+    "dnnl_memory_desc_create_with_strides": [_PP, _I, _D, _I, _D],
     "dnnl_memory_desc_destroy": [_P],
     "dnnl_memory_create": [_PP, _P, _P, _P],
     "dnnl_memory_set_data_handle": [_P, _P],
@@ -108,6 +110,8 @@ _SIGNATURES = {
     "dnnl_post_ops_destroy": [_P],
     "dnnl_post_ops_append_eltwise": [_P, _I, ctypes.c_float, ctypes.c_float],
     "dnnl_post_ops_append_prelu": [_P, _I],
+    # (post_ops, scale, zero_point, data_type)
+    "dnnl_post_ops_append_sum": [_P, ctypes.c_float, ctypes.c_int32, _I],
     # (pd, engine, prop, alg, src, weights, bias, dst, strides, dilates, pad_l, pad_r, attr)
     "dnnl_convolution_forward_primitive_desc_create": [_PP, _P, _I, _I, _P, _P, _P, _P, _D,
                                                        _D, _D, _D, _P],
@@ -120,6 +124,8 @@ _SIGNATURES = {
     "dnnl_convolution_backward_weights_primitive_desc_create": [_PP, _P, _I, _P, _P, _P, _P,
                                                                 _D, _D, _D, _D, _P, _P],
     "dnnl_reorder_primitive_desc_create": [_PP, _P, _P, _P, _P, _P],
+    # (pd, engine, src, weights, bias, dst, attr)
+    "dnnl_matmul_primitive_desc_create": [_PP, _P, _P, _P, _P, _P, _P],
     "dnnl_primitive_desc_query": [_P, _I, _I, _P],
     "dnnl_primitive_desc_destroy": [_P],
     "dnnl_primitive_create": [_PP, _P],
@@ -291,6 +297,13 @@ class _Owned:
         return self.keep("memory_desc", self.lib.new(
             "dnnl_memory_desc_create_with_tag", len(dims), Dims(*dims), F32, tag))
 
+    def strided_md(self, dims, strides):
+        """A plain descriptor with explicit strides (in elements)."""
+        dims, strides = [int(d) for d in dims], [int(s) for s in strides]
+        return self.keep("memory_desc", self.lib.new(
+            "dnnl_memory_desc_create_with_strides", len(dims), Dims(*dims), F32,
+            Dims(*strides)))
+
     def memory(self, md, handle=None):
         return self.keep("memory", self.lib.new("dnnl_memory_create", md, self.lib.engine,
                                                 handle))
@@ -310,56 +323,80 @@ def _destroy(lib, items):
             pass
 
 
+class _Buffer:
+    """A buffer of oneDNN's own in the layout a primitive wants; ``holds`` is the
+    caller's key of what was last reordered into it (None: nothing known)."""
+
+    def __init__(self, owned, md):
+        self.md = md
+        self.memory = owned.memory(md, MEMORY_ALLOCATE)
+        self.holds = None
+
+
 class _Step:
     """One primitive run on the caller's plain arrays: each named argument is bound to
     an array per call; where the primitive wants another layout, it reads (or writes)
-    a buffer of its own, reordered from (or to) the plain array around the run."""
+    a buffer of its own, reordered from (or to) the plain array around the run.
 
-    def __init__(self, owned, pd, plain, outputs):
+    ``shared``: arg -> buffers, a pool the steps of one plan share for their inputs,
+    so that one reorder serves two steps (a gradient read by the backward data and
+    weights passes). ``accumulate``: outputs added into the caller's array (``+=``, as
+    Caffe's parameter diffs) by the reorder out of the primitive's buffer."""
+
+    def __init__(self, owned, pd, plain, outputs, shared=None, accumulate=()):
         lib = owned.lib
         self.lib = lib
         self.user = {}  # arg -> memory bound to the caller's array
-        self.before, self.after = [], []  # reorders (arg, primitive, args array)
-        self.reordered = {}  # arg -> the caller's key of what its buffer holds now
+        self.before, self.after = [], []  # (arg, reorder primitive, args, _Buffer)
         args = []
         for arg, md in plain.items():
             user = owned.memory(md)
             self.user[arg] = user
             wanted = lib.primitive_desc_query_md(pd, QUERY_EXEC_ARG_MD, arg)
-            if not wanted or lib.memory_desc_equal(wanted, md):
+            if arg not in accumulate and (not wanted or lib.memory_desc_equal(wanted, md)):
                 args.append((arg, user))
                 continue
-            inner = owned.memory(wanted, MEMORY_ALLOCATE)
-            args.append((arg, inner))
+            wanted = wanted or md
             if arg in outputs:
-                self.after.append((arg,) + _reorder(owned, wanted, md, inner, user))
+                inner = _Buffer(owned, wanted)
+                self.after.append((arg,) + _reorder(owned, wanted, md, inner.memory, user,
+                                                    add=arg in accumulate) + (inner,))
             else:
-                self.before.append((arg,) + _reorder(owned, md, wanted, user, inner))
+                inner = self._input_buffer(owned, wanted, (shared or {}).setdefault(arg, []))
+                self.before.append((arg,) + _reorder(owned, md, wanted, user, inner.memory)
+                                   + (inner,))
+            args.append((arg, inner.memory))
         self.primitive = owned.primitive(pd)
         self.args = _exec_args(args)
         self.impl = _impl_name(lib, pd)
 
+    def _input_buffer(self, owned, md, pool):
+        for buffer in pool:
+            if self.lib.memory_desc_equal(buffer.md, md):
+                return buffer
+        pool.append(_Buffer(owned, md))
+        return pool[-1]
+
     def run(self, arrays, keys=None):
         """``arrays``: arg -> numpy array (C-contiguous float32, checked by the caller).
         ``keys``: arg -> a key naming the array's current contents (None: unknown); an
-        input whose key is the one of the last run keeps its reordered buffer, so a
-        TEST net's weights are reordered once, not at every pass."""
+        input whose buffer already holds that key is not reordered again: a TEST net's
+        weights are reordered once, not at every pass."""
         lib = self.lib
         keys = keys or {}
         with lib.lock:
             for arg, array in arrays.items():
                 lib.call("dnnl_memory_set_data_handle", self.user[arg], array.ctypes.data)
-            for arg, primitive, args in self.before:
+            for arg, primitive, args, buffer in self.before:
                 key = keys.get(arg)
-                if key is not None and self.reordered.get(arg) == key:
+                if key is not None and buffer.holds == key:
                     continue
-                self.reordered.pop(arg, None)
+                buffer.holds = None
                 lib.call("dnnl_primitive_execute", primitive, lib.stream, 2, args)
-                if key is not None:
-                    self.reordered[arg] = key
+                buffer.holds = key
             lib.call("dnnl_primitive_execute", self.primitive, lib.stream, len(self.args),
                      self.args)
-            for _, primitive, args in self.after:
+            for _, primitive, args, _ in self.after:
                 lib.call("dnnl_primitive_execute", primitive, lib.stream, 2, args)
             lib.call("dnnl_stream_wait", lib.stream)
 
@@ -371,11 +408,23 @@ def _exec_args(pairs):
     return array
 
 
-def _reorder(owned, src_md, dst_md, src, dst):
+def _reorder(owned, src_md, dst_md, src, dst, add=False):
+    """A reorder src -> dst; ``add``: dst += src (a sum post-op: one pass, the same
+    float additions as ``dst += src``)."""
     pd = owned.keep("primitive_desc", owned.lib.new(
         "dnnl_reorder_primitive_desc_create", src_md, owned.lib.engine, dst_md,
-        owned.lib.engine, None))
+        owned.lib.engine, _sum_attr(owned) if add else None))
     return owned.primitive(pd), _exec_args([(ARG_SRC, src), (ARG_DST, dst)])
+
+
+def _sum_attr(owned):
+    """Attributes whose post-op adds the result to what the destination holds."""
+    lib = owned.lib
+    attr = owned.keep("primitive_attr", lib.new("dnnl_primitive_attr_create"))
+    ops = owned.keep("post_ops", lib.new("dnnl_post_ops_create"))
+    lib.call("dnnl_post_ops_append_sum", ops, 1.0, 0, DATA_TYPE_UNDEF)  # undef: dst's
+    lib.call("dnnl_primitive_attr_set_post_ops", attr, ops)
+    return attr
 
 
 def _impl_name(lib, pd):
@@ -454,6 +503,7 @@ class Convolution2d:
         self.w_md = o.md(self._grouped_w_shape(), PLAIN_TAGS[len(self._grouped_w_shape())])
         self.b_md = o.md((self.y_shape[1],), TAG_A) if self.bias else None
         self._steps = {}
+        self._shared = {}  # input buffers the directions share (_Step)
         self._hint = None
 
     def _grouped_w_shape(self):
@@ -514,19 +564,20 @@ class Convolution2d:
                     arg = ARG_POST_OP_BASE | ARG_WEIGHTS
                     slope_md = self.lib.primitive_desc_query_md(pd, QUERY_EXEC_ARG_MD, arg)
                     plain[arg] = slope_md
-                step = _Step(o, pd, plain, {ARG_DST})
+                step = _Step(o, pd, plain, {ARG_DST}, self._shared)
             elif direction == "backward_data":
                 pd = o.pd("dnnl_convolution_backward_data_primitive_desc_create", self.algo,
                           x, w, y, self.strides, self.dilates, self.pad_l, self.pad_r,
                           self._hint_pd(), None)
                 step = _Step(o, pd, {ARG_DIFF_DST: self.y_md, ARG_WEIGHTS: self.w_md,
-                                     ARG_DIFF_SRC: self.x_md}, {ARG_DIFF_SRC})
+                                     ARG_DIFF_SRC: self.x_md}, {ARG_DIFF_SRC}, self._shared)
             else:
                 pd = o.pd("dnnl_convolution_backward_weights_primitive_desc_create",
                           self.algo, x, w, None, y, self.strides, self.dilates, self.pad_l,
                           self.pad_r, self._hint_pd(), None)
                 step = _Step(o, pd, {ARG_SRC: self.x_md, ARG_DIFF_DST: self.y_md,
-                                     ARG_DIFF_WEIGHTS: self.w_md}, {ARG_DIFF_WEIGHTS})
+                                     ARG_DIFF_WEIGHTS: self.w_md}, {ARG_DIFF_WEIGHTS},
+                             self._shared, accumulate={ARG_DIFF_WEIGHTS})
         except OnednnError as exc:
             raise OnednnError("oneDNN has no %s convolution for input %s, weight %s, "
                               "stride %s, pad %s, dilation %s, group %d: %s"
@@ -566,16 +617,17 @@ class Convolution2d:
             arrays[ARG_POST_OP_BASE | ARG_WEIGHTS] = self._check(slopes, shape, "slopes")
         self._step("forward").run(arrays, {ARG_WEIGHTS: w_key})
 
-    def backward_data(self, w, dy, dx):
+    def backward_data(self, w, dy, dx, dy_key=None):
+        """``dy_key``: as in backward_filter (a gradient reordered once for both)."""
         self._step("backward_data").run({
             ARG_WEIGHTS: self._check(w, self.w_shape, "w"),
             ARG_DIFF_DST: self._check(dy, self.y_shape, "dy"),
-            ARG_DIFF_SRC: self._check(dx, self.x_shape, "dx")})
+            ARG_DIFF_SRC: self._check(dx, self.x_shape, "dx")}, {ARG_DIFF_DST: dy_key})
 
-    def backward_filter(self, x, dy, dw):
-        self._check(dw, self.w_shape, "dw")
-        out = np.empty(self.w_shape, np.float32)
+    def backward_filter(self, x, dy, dw, dy_key=None):
+        """``dy_key``: names dy's contents; given the same to backward_data while dy is
+        unchanged, the second call reuses the first's reordered copy."""
         self._step("backward_filter").run({
             ARG_SRC: self._check(x, self.x_shape, "x"),
-            ARG_DIFF_DST: self._check(dy, self.y_shape, "dy"), ARG_DIFF_WEIGHTS: out})
-        dw += out
+            ARG_DIFF_DST: self._check(dy, self.y_shape, "dy"),
+            ARG_DIFF_WEIGHTS: self._check(dw, self.w_shape, "dw")}, {ARG_DIFF_DST: dy_key})

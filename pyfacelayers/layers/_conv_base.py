@@ -384,14 +384,17 @@ class ConvolutionBase(Layer):
 
     def _backward_engine(self, conv, t, need_w, down, b):
         dy = self._images(t.diff, self.num_output, self.out_spatial)
+        extra = {}
+        if getattr(conv, "adds_bias", False):  # oneDNN: dy reordered once for both passes
+            extra["dy_key"] = object()
         if need_w:
             self._engine_call(conv, conv.backward_filter,
                               self._images(b.data, self.channels, self.in_spatial), dy,
-                              self.blobs[0].diff.reshape(conv.w_shape))
+                              self.blobs[0].diff.reshape(conv.w_shape), **extra)
         if down:
             self._engine_call(conv, conv.backward_data,
                               self.blobs[0].data.reshape(conv.w_shape), dy,
-                              self._images(b.diff, self.channels, self.in_spatial))
+                              self._images(b.diff, self.channels, self.in_spatial), **extra)
 
     # -- forward / backward ------------------------------------------------------------
     def forward(self, bottom, top):

@@ -1,4 +1,9 @@
-"""``out += a @ b`` for the weight gradients, without an ``out``-sized temporary.
+"""The fully connected layers' matrix products: ``out = a @ b`` and, for the weight
+gradients, ``out += a @ b`` without an ``out``-sized temporary.
+
+Large float32 products on the CPU run on oneDNN's matmul when oneDNN is the CPU engine
+(cpu/onednn_matmul.py: on every core, and ``+=`` in the same pass); the rest on numpy
+(or cupy), as below.
 
 numpy's matmul cannot add into its output (BLAS beta = 1), and ``out += a @ b`` makes
 a temporary as large as ``out`` and reads and writes it again: for SphereFace's fc5
@@ -10,13 +15,28 @@ most CHUNK_BYTES).
 
 import numpy as np
 
+from ..backend import array_module
+from ..cpu import onednn_matmul
+
 CHUNK_BYTES = 1 << 23  # 8 MB
+
+
+def multiply(a, b, out):
+    """``out[...] = a @ b`` (2-D arrays)."""
+    if onednn_matmul.product(a, b, out, accumulate=False):
+        return
+    if isinstance(out, np.ndarray):
+        out[...] = a @ b  # (matmul's out= is slower with OpenBLAS)
+    else:
+        array_module(out).matmul(a, b, out=out)
 
 
 def add_product(out, a, b):
     """``out += a @ b`` (2-D arrays; ``out`` C-contiguous)."""
     if not isinstance(out, np.ndarray):  # cupy: a temporary, as before
         out += a @ b
+        return
+    if onednn_matmul.product(a, b, out, accumulate=True):
         return
     if not out.any():
         np.matmul(a, b, out=out)

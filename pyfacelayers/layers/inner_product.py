@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import fork_semantics
 from ..backend import array_module
-from ._products import add_product
+from ._products import add_product, multiply
 from ._vision_util import new_param_blob, wants_param_grad
 from .base import Layer, register
 
@@ -126,12 +126,11 @@ class InnerProductLayer(Layer):
             rows *= (squares + w.dtype.type(1e-12)) ** w.dtype.type(-0.5)
 
     def forward(self, bottom, top):
-        xp = array_module(bottom[0].data)
         if self.normalize:
             self._normalize_rows()
         x = bottom[0].data.reshape(self.M, self.K)
         y = top[0].data.reshape(self.M, self.num_output)
-        y[...] = xp.matmul(x, self._weight_nk(bottom).T)  # (out= is slower with OpenBLAS)
+        multiply(x, self._weight_nk(bottom).T, y)
         if self.bias_term:
             y += self.blobs[1].data[None, :]
 
@@ -153,5 +152,4 @@ class InnerProductLayer(Layer):
         if self.bias_term and wants_param_grad(self, 1):
             self.blobs[1].diff[...] += dy.sum(axis=0)
         if propagate_down[0]:
-            dx = bottom[0].diff.reshape(self.M, self.K)
-            dx[...] = xp.matmul(dy, self._weight_nk(bottom))
+            multiply(dy, self._weight_nk(bottom), bottom[0].diff.reshape(self.M, self.K))

@@ -12,7 +12,7 @@ import numpy as np
 from ..backend import array_module
 from ..blob import Blob
 from ..proto import caffe_pb2
-from ._products import add_product
+from ._products import add_product, multiply
 from .base import Layer, register
 
 _P = caffe_pb2.MarginInnerProductParameter
@@ -313,7 +313,7 @@ class MarginInnerProduct(Layer):
                 self.defer_check(lambda it=self.iteration + 1: self._settle(pending, it))
         self.iteration += 1
         lam = self.lambda_ = self._lambda()
-        xp.matmul(x, weight.T, out=out)
+        multiply(x, weight.T, out)
         rows = xp.empty((3, m), self.dtype)  # one allocation for the three per-row values
         saved = {"x_norm": rows[0], "cos_y": rows[1], "logit_y": rows[2]}
         self._kernel(kernels.margin_forward, out, x, labels, float(lam), self.margin_type,
@@ -341,7 +341,7 @@ class MarginInnerProduct(Layer):
 
         if propagate_down[0]:
             bottom_diff = self._matrix(bottom[0].diff, m, k, "features diff (bottom[0])")
-            xp.matmul(top_diff, weight, out=bottom_diff)
+            multiply(top_diff, weight, bottom_diff)
             self._kernel(kernels.margin_backward, bottom_diff, top_diff, x, weight, labels,
                          saved["x_norm"], saved["cos_y"], float(saved["lambda"]),
                          self.margin_type, self.gradient == "normalized")
