@@ -1,5 +1,7 @@
 """Blob: Caffe's N-d array pair (data and diff), with pycaffe's Python interface."""
 
+import math
+
 import numpy as np
 
 from . import backend, limits
@@ -23,6 +25,10 @@ class Blob:
         # engine can keep a derived copy of it until then (``data_for_cache``).
         self.data_version = 0
         self._data_locked = False
+        # Channels-last storage (TEST nets on oneDNN, see ``raw_data``): set by the net
+        # where every layer that reads the blob takes that layout as it is.
+        self.prefers_channels_last = False
+        self._channels_last = False  # the array is an NCHW view of NHWC memory
         # Memory accounting (pyfacelayers.limits): the net being built, if any, and
         # the bytes this blob's own data and diff arrays hold.
         self.name = name
@@ -66,11 +72,10 @@ class Blob:
 
     @property
     def count(self):
-        return int(np.prod(self._shape, dtype=np.int64)) if self._shape else 1
+        return math.prod(self._shape)  # (the shape's ints, checked by _reserve)
 
     def count_from(self, start, end=None):
-        dims = self._shape[start:end]
-        return int(np.prod(dims, dtype=np.int64)) if dims else 1
+        return math.prod(self._shape[start:end])
 
     def canonical_axis(self, axis):
         n = len(self._shape)
@@ -98,20 +103,45 @@ class Blob:
     def data(self):
         # Whoever takes the array may write into it, as with pycaffe's mutable_cpu_data:
         # a copy an engine derived from it (oneDNN's reordered weights) is stale now.
+        if self._channels_last:  # everyone but the layers that ask gets a C array
+            self._replace_data(self._xp.ascontiguousarray(self._data))
+        return self.raw_data()
+
+    def raw_data(self):
+        """The data array as it is stored, for the layers that take any strides: where
+        the net lets a convolution write it channels-last (``store_channels_last``),
+        an NCHW view of NHWC memory, the layout oneDNN's kernels read and write, so
+        that no reorder runs between two such layers. Anyone else taking ``data``
+        gets the same values in a C-contiguous array (copied then, once)."""
         self.data_version += 1
         if self._data_locked:
             self._data.flags.writeable = True
             self._data_locked = False
         return self._data
 
+    @property
+    def is_channels_last(self):
+        return self._channels_last
+
+    def store_channels_last(self):
+        """Keep the (4-D) data as an NCHW view of NHWC memory from now on, until someone
+        takes ``data`` or the shape changes. The values are not kept: the caller is
+        about to overwrite them all."""
+        if self._channels_last:
+            return
+        n, c, h, w = self._shape
+        self._replace_data(self._xp.empty((n, h, w, c), self.dtype).transpose(0, 3, 1, 2))
+        self._channels_last = True
+
     @data.setter
     def data(self, value):
         self.data[...] = self._checked(value, "data")
 
-    def _replace_data(self, array):
+    def _replace_data(self, array, channels_last=False):
         if self._data_locked:  # the old array may live on in the caller's hands
             self._data.flags.writeable = True
         self._data, self._data_locked = array, False
+        self._channels_last = channels_last
         self.data_version += 1
 
     def data_for_cache(self):
@@ -170,10 +200,14 @@ class Blob:
                                   "net is built)" % (what, self._label))
         return int(array.data.ptr)
 
-    def share_data(self, other):
-        """View ``other``'s data in this blob's shape (Caffe's ShareData; same count)."""
+    def share_data(self, other, any_layout=False):
+        """View ``other``'s data in this blob's shape (Caffe's ShareData; same count).
+        ``any_layout``: a channels-last array is viewed as it is (same shape only)."""
         self._check_same_count(other)
-        self._replace_data(other.data.reshape(self._shape))
+        if any_layout and other.is_channels_last and other.shape == self._shape:
+            self._replace_data(other.raw_data(), channels_last=True)
+        else:
+            self._replace_data(other.data.reshape(self._shape))
         self._release("_held_data")
 
     def share_diff(self, other):
@@ -197,6 +231,8 @@ class Blob:
         """Move both arrays to another array module (numpy <-> cupy)."""
         if xp is self._xp:
             return
+        if self._channels_last:
+            self._replace_data(self._xp.ascontiguousarray(self._data))
         if xp is np:
             self._replace_data(backend.to_numpy(self._data))
             self._diff = None if self._diff is None else backend.to_numpy(self._diff)

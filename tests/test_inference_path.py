@@ -236,3 +236,124 @@ def test_a_test_net_sharing_the_training_weights_follows_the_updates(tmp_path):
     expected, _ = run(fresh, x)
     assert not np.allclose(after["c4"], before["c4"])
     assert_close(after["c4"], expected["c4"], 1e-6)
+
+
+# -- channels-last activations between convolutions (Blob.raw_data) --------------------
+RESIDUAL = """
+name: "residual"
+input: "data" input_shape { dim: 2 dim: 3 dim: 10 dim: 8 }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+        convolution_param { num_output: 8 kernel_size: 3 pad: 1
+          weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" std: 1 } } }
+layer { name: "p1" type: "PReLU" bottom: "c1" top: "c1" }
+layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2"
+        convolution_param { num_output: 8 kernel_size: 3 pad: 1 bias_term: false
+          weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "p2" type: "PReLU" bottom: "c2" top: "c2"
+        prelu_param { filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "sum" type: "Eltwise" bottom: "c1" bottom: "c2" top: "sum" }
+layer { name: "c3" type: "Convolution" bottom: "sum" top: "c3"
+        convolution_param { num_output: 5 kernel_size: 3 stride: 2
+          weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "pool" type: "Pooling" bottom: "c3" top: "pool"
+        pooling_param { pool: MAX kernel_size: 2 } }
+"""
+
+
+def residual_net(tmp_path, phase=caffe.TEST, text=RESIDUAL):
+    path = tmp_path / "residual.prototxt"
+    path.write_text(text)
+    return caffe.Net(str(path), phase, seed=4)
+
+
+@needs_onednn
+def test_activations_between_convolutions_are_stored_channels_last(monkeypatch, tmp_path):
+    x = np.random.default_rng(5).standard_normal((2, 3, 10, 8)).astype(np.float32)
+    _, ref = reference(monkeypatch, lambda: residual_net(tmp_path), x)
+    net = residual_net(tmp_path)
+    # c3 feeds a Pooling layer and the data comes from the user: both stay NCHW
+    planned = sorted(n for n, b in net.blobs.items() if b.prefers_channels_last)
+    assert planned == ["c1", "c2", "sum"]
+    net.forward(data=x)
+    for name in planned + ["c1_p1_0_split_0", "c1_p1_0_split_1"]:
+        raw = net.blobs[name].raw_data()
+        assert net.blobs[name].is_channels_last
+        assert raw.transpose(0, 2, 3, 1).flags.c_contiguous, name
+    implementations = net.layers[list(net._layer_names).index("c2")]._onednn_conv[1]
+    assert implementations.x_strides and implementations.y_strides
+    # Anyone taking .data gets a C-contiguous array with the same values as im2col.
+    for name in ref:
+        data = net.blobs[name].data
+        assert data.flags.c_contiguous and not net.blobs[name].is_channels_last
+        assert_close(data, ref[name], 1e-5, name)
+    # The next pass stores them channels-last again, with the new values.
+    again = net.forward(data=2 * x)["pool"].copy()
+    assert net.blobs["sum"].is_channels_last
+    _, ref2 = reference(monkeypatch, lambda: residual_net(tmp_path), 2 * x)
+    assert_close(again, ref2["pool"], 1e-5, "second pass")
+    assert_close(net.blobs["sum"].data, ref2["sum"], 1e-5, "sum, second pass")
+
+
+@needs_onednn
+@pytest.mark.parametrize("how", ["partial_pass", "engine_switched", "user_write"])
+def test_channels_last_blobs_give_caffe_values_whoever_reads_them(monkeypatch, tmp_path,
+                                                                  how):
+    x = np.random.default_rng(6).standard_normal((2, 3, 10, 8)).astype(np.float32)
+    net = residual_net(tmp_path)
+    net.forward(data=x)  # every planned blob channels-last now
+    if how == "partial_pass":  # p2 runs as its own layer on a channels-last c2
+        _, ref = reference(monkeypatch, lambda: residual_net(tmp_path), x)
+        net.forward(data=x, end="c2")
+        net.forward(start="p2")
+    elif how == "engine_switched":  # im2col reads and writes channels-last blobs
+        monkeypatch.setenv("PYFACELAYERS_CONV_ENGINE", "caffe")
+        _, ref = reference(monkeypatch, lambda: residual_net(tmp_path), x)
+        net.forward(data=x)
+        monkeypatch.delenv("PYFACELAYERS_CONV_ENGINE")
+    else:  # a value written into a stored blob is what the next layers read
+        with monkeypatch.context() as patch:
+            patch.setenv("PYFACELAYERS_CONV_ENGINE", "caffe")
+            ref_net = residual_net(tmp_path)
+            ref_net.forward(data=x, end="sum")
+            ref_net.blobs["sum"].data[...] *= 2
+            ref_net.forward(start="c3")
+            ref = {name: blob.data.copy() for name, blob in ref_net.blobs.items()}
+        net.blobs["sum"].data[...] *= 2
+        net.forward(start="c3")
+    for name in ("c2", "sum", "c3", "pool"):
+        assert_close(net.blobs[name].data, ref[name], 1e-5, "%s (%s)" % (name, how))
+
+
+@needs_onednn
+def test_nothing_is_stored_channels_last_where_backward_can_run(tmp_path):
+    with_loss = RESIDUAL.replace('input: "data"', 'input: "t" input_shape { dim: 2 dim: 5 '
+                                 'dim: 3 dim: 2 } input: "data"') + (
+        'layer { name: "loss" type: "EuclideanLoss" bottom: "pool" bottom: "t" top: "loss" }')
+    forced = RESIDUAL.replace('name: "residual"', 'name: "residual" force_backward: true')
+    for phase, text in ((caffe.TRAIN, with_loss), (caffe.TEST, with_loss),
+                        (caffe.TEST, forced)):
+        net = residual_net(tmp_path, phase, text)
+        assert not any(b.prefers_channels_last for b in net.blobs.values())
+    net = residual_net(tmp_path, text=RESIDUAL)
+    net_f64 = caffe.Net(str(tmp_path / "residual.prototxt"), caffe.TEST, dtype=np.float64)
+    assert any(b.prefers_channels_last for b in net.blobs.values())
+    assert not any(b.prefers_channels_last for b in net_f64.blobs.values())
+
+
+def test_a_channels_last_blob_is_an_nchw_view():
+    from pyfacelayers.blob import Blob
+    blob = Blob((2, 3, 4, 5))
+    blob.data[...] = np.arange(120).reshape(2, 3, 4, 5)
+    blob.store_channels_last()  # values not kept: the writer overwrites them all
+    raw = blob.raw_data()
+    assert raw.shape == (2, 3, 4, 5) and raw.transpose(0, 2, 3, 1).flags.c_contiguous
+    raw[...] = np.arange(120).reshape(2, 3, 4, 5)
+    other = Blob((2, 3, 4, 5))
+    other.share_data(blob, any_layout=True)  # Split's view keeps the layout
+    assert other.is_channels_last and np.shares_memory(other.raw_data(), raw)
+    data = blob.data
+    assert data.flags.c_contiguous and not blob.is_channels_last
+    np.testing.assert_array_equal(data, np.arange(120).reshape(2, 3, 4, 5))
+    blob.store_channels_last()
+    blob.reshape(1, 3, 4, 5)  # a new shape: a new C-contiguous array
+    assert not blob.is_channels_last and blob.raw_data().flags.c_contiguous

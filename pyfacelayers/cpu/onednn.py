@@ -436,6 +436,11 @@ def _impl_name(lib, pd):
     return (name.value or b"?").decode("ascii", "replace")
 
 
+def element_strides(array):
+    """An array's strides in elements."""
+    return tuple(s // array.itemsize for s in array.strides)
+
+
 # -- one convolution geometry ---------------------------------------------------------
 def fusion_pays(kind):
     """Whether fusing this activation speeds the convolution up: always with oneDNN's
@@ -472,7 +477,8 @@ class Convolution2d:
     adds_bias = True  # the bias given at construction is added by the forward primitive
 
     def __init__(self, x_shape, w_shape, y_shape, pad, stride, dilation, group,
-                 bias=False, post_op=None, lib=None, algo=None, layout_name=None):
+                 bias=False, post_op=None, lib=None, algo=None, layout_name=None,
+                 x_strides=None, y_strides=None):
         self.lib = lib or library()
         blas_threads.share_cores_with_onednn()
         self.x_shape, self.w_shape, self.y_shape = (tuple(int(v) for v in s) for s in
@@ -499,7 +505,13 @@ class Convolution2d:
         self.pad_r = Dims(*[(o - 1) * s + (k - 1) * d + 1 - i - p for o, (i, k, p, s, d)
                             in zip(caffe_out, geometry)])
         o = self.owned
-        self.x_md, self.y_md = o.md(self.x_shape, TAG_ABCD), o.md(self.y_shape, TAG_ABCD)
+        # x and y: C-contiguous, or (forward only) the strides given, in elements: an
+        # NCHW view of NHWC memory (Blob.store_channels_last)
+        self.x_strides = x_strides and tuple(int(v) for v in x_strides)
+        self.y_strides = y_strides and tuple(int(v) for v in y_strides)
+        self.x_md, self.y_md = (o.strided_md(shape, strides) if strides else o.md(shape, TAG_ABCD)
+                                for shape, strides in ((self.x_shape, self.x_strides),
+                                                       (self.y_shape, self.y_strides)))
         self.w_md = o.md(self._grouped_w_shape(), PLAIN_TAGS[len(self._grouped_w_shape())])
         self.b_md = o.md((self.y_shape[1],), TAG_A) if self.bias else None
         self._steps = {}
@@ -551,6 +563,9 @@ class Convolution2d:
         step = self._steps.get(direction)
         if step is not None:
             return step
+        if direction != "forward" and (self.x_strides or self.y_strides):
+            raise ValueError("oneDNN convolution: a plan for channels-last arrays runs "
+                             "forward only; the gradients are C-contiguous")
         o = self.owned
         x, w, y = self._layouts()
         try:
@@ -592,11 +607,17 @@ class Convolution2d:
         return {d: s.impl for d, s in self._steps.items()}
 
     # -- the three directions ---------------------------------------------------------
-    def _check(self, array, shape, what):
-        if array.dtype != np.float32 or not array.flags.c_contiguous:
-            raise ValueError("oneDNN convolution: %s must be a C-contiguous float32 array, "
-                             "got %s (%s)" % (what, array.dtype, "contiguous" if
-                                              array.flags.c_contiguous else "not contiguous"))
+    def _check(self, array, shape, what, strides=None):
+        """``array`` if it is float32 of ``shape``, C-contiguous or with ``strides`` (in
+        elements) where given; else a ValueError."""
+        laid_out = (element_strides(array) == strides if strides
+                    else array.flags.c_contiguous)
+        if array.dtype != np.float32 or not laid_out:
+            raise ValueError("oneDNN convolution: %s must be a %sfloat32 array%s, got %s "
+                             "with strides %s" % (what, "" if strides else "C-contiguous ",
+                                                  " with strides %s" % (strides,) if strides
+                                                  else "", array.dtype,
+                                                  element_strides(array)))
         if tuple(array.shape) != tuple(shape):
             raise ValueError("oneDNN convolution: %s has shape %s, expected %s"
                              % (what, tuple(array.shape), tuple(shape)))
@@ -605,9 +626,9 @@ class Convolution2d:
     def forward(self, x, w, y, bias=None, slopes=None, w_key=None):
         """``w_key``: names the weights' contents (unchanged key: unchanged weights, whose
         reordered copy is then reused); None: reorder them at every call."""
-        arrays = {ARG_SRC: self._check(x, self.x_shape, "x"),
+        arrays = {ARG_SRC: self._check(x, self.x_shape, "x", self.x_strides),
                   ARG_WEIGHTS: self._check(w, self.w_shape, "w"),
-                  ARG_DST: self._check(y, self.y_shape, "y")}
+                  ARG_DST: self._check(y, self.y_shape, "y", self.y_strides)}
         if self.bias:
             if bias is None:
                 raise ValueError("oneDNN convolution: built with a bias, none given")

@@ -260,13 +260,15 @@ class ConvolutionBase(Layer):
             self.blobs[1].diff[...] += top_diff.sum(axis=(0, 2))
 
     # -- engines (cuDNN on the GPU, oneDNN on the CPU) ----------------------------------
-    def _engine_conv(self, data):
+    def _engine_conv(self, data, top=None):
         """The engine's convolution for the current shapes when this layer runs on one
-        (cuDNN or oneDNN), else None (the im2col path runs)."""
+        (cuDNN or oneDNN), else None (the im2col path runs). ``top``: given in the
+        forward pass, where oneDNN takes ``data`` as it is stored and may write the top
+        channels-last (Blob.raw_data)."""
         if self.reverse_dimensions or self.num_spatial_axes > 2:
             return None
         if array_module(data) is np:
-            return self._onednn(data)
+            return self._onednn(data, top)
         return self._cudnn(data)
 
     def _engine_shapes(self):
@@ -275,7 +277,7 @@ class ConvolutionBase(Layer):
         w_shape = (self.num_output, self.channels // self.group) + tuple(self.k2)
         return x_shape, w_shape, y_shape
 
-    def _onednn(self, data):
+    def _onednn(self, data, top=None):
         if self.dtype != np.float32:
             return None  # float64 stays on im2col (oneDNN computes float32 only)
         from ..cpu import onednn
@@ -288,13 +290,21 @@ class ConvolutionBase(Layer):
         if min(x_shape + y_shape) < 1:
             return None  # empty batch: the im2col path handles it
         post_op = self._fused_post_op()
-        key = (x_shape, post_op and post_op.key())
+        x_strides = y_strides = None
+        if top is not None:
+            if not data.flags.c_contiguous:  # channels-last (the only other layout)
+                x_strides = onednn.element_strides(data)
+            if top.prefers_channels_last and len(top.shape) == 4:
+                top.store_channels_last()
+                y_strides = onednn.element_strides(top.raw_data())
+        key = (x_shape, post_op and post_op.key(), x_strides, y_strides)
         cached = getattr(self, "_onednn_conv", None)
         if cached is None or cached[0] != key:
             try:
                 conv = onednn.Convolution2d(x_shape, w_shape, y_shape, self.p2, self.s2,
                                             self.d2, self.group, bias=self.bias_term,
-                                            post_op=post_op)
+                                            post_op=post_op, x_strides=x_strides,
+                                            y_strides=y_strides)
             except (onednn.OnednnUnavailable, onednn.OnednnError, ValueError) as exc:
                 raise self.error("oneDNN: %s" % exc) from None
             self._onednn_conv = cached = (key, conv)
@@ -363,9 +373,9 @@ class ConvolutionBase(Layer):
             raise self.error("%s: %s" % (getattr(conv, "engine_name", "cuDNN"), exc)) from None
 
     def _forward_engine(self, conv, b, t):
-        x = self._images(b.data, self.channels, self.in_spatial)
-        y = self._images(t.data, self.num_output, self.out_spatial)
         if getattr(conv, "adds_bias", False):  # oneDNN: bias (and post-op) in its pass
+            x = self._images(b.raw_data(), self.channels, self.in_spatial)
+            y = self._images(t.raw_data(), self.num_output, self.out_spatial)
             extra = {"bias": self.blobs[1].data} if self.bias_term else {}
             extra.update(self._post_op_arrays())
             if self.weights_fixed:
@@ -378,6 +388,8 @@ class ConvolutionBase(Layer):
             self._engine_call(conv, conv.forward, x, w, y, **extra)
             self.activation_fused = conv.post_op is not None
             return
+        x = self._images(b.data, self.channels, self.in_spatial)
+        y = self._images(t.data, self.num_output, self.out_spatial)
         w = self.blobs[0].data.reshape(conv.w_shape)
         self._engine_call(conv, conv.forward, x, w, y)
         self._add_bias(t.data.reshape(self.num, self.num_output, -1))
@@ -415,7 +427,7 @@ class ConvolutionBase(Layer):
 
     # Convolution: top = W * im2col(bottom) + b
     def _forward_conv(self, b, t):
-        conv = self._engine_conv(b.data)
+        conv = self._engine_conv(b.raw_data(), t)
         if conv is not None:
             return self._forward_engine(conv, b, t)
         x = self._images(b.data, self.channels, self.in_spatial)

@@ -37,12 +37,15 @@ class EltwiseLayer(Layer):
         top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom, top):
-        xp = array_module(bottom[0].data)
-        data = [b.data for b in bottom]
         if self.op == _OP.SUM and all(c == 1 for c in self.coeffs):
             # Plain sums straight into the top: one pass per bottom, no temporaries
-            # (the same values: 1 * x is x).
-            out = top[0].data
+            # (the same values: 1 * x is x). Any layout (Blob.raw_data): channels-last
+            # bottoms make a channels-last top where the net lets them.
+            if top[0].prefers_channels_last and all(b.is_channels_last for b in bottom):
+                top[0].store_channels_last()
+            data = [b.raw_data() for b in bottom]
+            out = top[0].raw_data()
+            xp = array_module(out)
             if len(data) == 1:
                 out[...] = data[0]
                 return
@@ -50,6 +53,8 @@ class EltwiseLayer(Layer):
             for x in data[2:]:
                 xp.add(out, x, out=out)
             return
+        xp = array_module(bottom[0].data)
+        data = [b.data for b in bottom]
         if self.op == _OP.SUM:
             out = self.coeffs[0] * data[0]
             for c, x in zip(self.coeffs[1:], data[1:]):

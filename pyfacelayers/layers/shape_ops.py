@@ -166,7 +166,7 @@ class SplitLayer(Layer):
     def forward(self, bottom, top):
         for t in top:  # again at every pass, in case the bottom's array was replaced
             t.reshape(bottom[0].shape)
-            t.share_data(bottom[0])
+            t.share_data(bottom[0], any_layout=True)
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
