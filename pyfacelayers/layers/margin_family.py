@@ -756,7 +756,6 @@ class GlobalLSEMargin(_LabelColumnLayer):
 
     def backward(self, top, propagate_down, bottom):
         rows, cols = self._dims(bottom)
-        xp = array_module(top[0].diff)
         dy = top[0].diff.reshape(rows, cols)
         y = top[0].data.reshape(rows, cols)
         products = (dy * y).sum(axis=1, dtype=self.dtype)
