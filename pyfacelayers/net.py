@@ -381,8 +381,9 @@ class Net:
             if self._layer_need_backward[i]:
                 return False
             if layer.type == "Convolution":
-                try:
-                    wanted = onednn.engine_wanted(layer.param.convolution_param.engine)
+                try:  # (plain layouts: oneDNN has only reference kernels for NHWC there)
+                    wanted = (onednn.engine_wanted(layer.param.convolution_param.engine)
+                              and onednn.layout() == "any")
                 except (onednn.OnednnUnavailable, ValueError):
                     return False  # the layer names the problem when it runs
                 return wanted and layer.num_spatial_axes == 2

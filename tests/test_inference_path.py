@@ -295,7 +295,8 @@ def test_activations_between_convolutions_are_stored_channels_last(monkeypatch, 
 
 
 @needs_onednn
-@pytest.mark.parametrize("how", ["partial_pass", "engine_switched", "user_write"])
+@pytest.mark.parametrize("how", ["partial_pass", "engine_switched", "plain_layouts",
+                                 "user_write"])
 def test_channels_last_blobs_give_caffe_values_whoever_reads_them(monkeypatch, tmp_path,
                                                                   how):
     x = np.random.default_rng(6).standard_normal((2, 3, 10, 8)).astype(np.float32)
@@ -305,11 +306,16 @@ def test_channels_last_blobs_give_caffe_values_whoever_reads_them(monkeypatch, t
         _, ref = reference(monkeypatch, lambda: residual_net(tmp_path), x)
         net.forward(data=x, end="c2")
         net.forward(start="p2")
-    elif how == "engine_switched":  # im2col reads and writes channels-last blobs
-        monkeypatch.setenv("PYFACELAYERS_CONV_ENGINE", "caffe")
+    elif how in ("engine_switched", "plain_layouts"):  # C arrays for im2col, and for
+        # oneDNN's plain layouts (which have only reference kernels for NHWC)
+        monkeypatch.setenv(*(("PYFACELAYERS_CONV_ENGINE", "caffe") if how == "engine_switched"
+                             else ("PYFACELAYERS_ONEDNN_LAYOUT", "plain")))
         _, ref = reference(monkeypatch, lambda: residual_net(tmp_path), x)
         net.forward(data=x)
-        monkeypatch.delenv("PYFACELAYERS_CONV_ENGINE")
+        if how == "plain_layouts":
+            conv = net.layers[list(net._layer_names).index("c2")]._onednn_conv[1]
+            assert conv.x_strides is None and conv.y_strides is None
+            assert "ref" not in conv.implementations()["forward"]
     else:  # a value written into a stored blob is what the next layers read
         with monkeypatch.context() as patch:
             patch.setenv("PYFACELAYERS_CONV_ENGINE", "caffe")

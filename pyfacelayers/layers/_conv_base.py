@@ -291,7 +291,7 @@ class ConvolutionBase(Layer):
             return None  # empty batch: the im2col path handles it
         post_op = self._fused_post_op()
         x_strides = y_strides = None
-        if top is not None:
+        if top is not None and onednn.layout() == "any":  # (plain: NHWC has no fast kernel)
             if not data.flags.c_contiguous:  # channels-last (the only other layout)
                 x_strides = onednn.element_strides(data)
             if top.prefers_channels_last and len(top.shape) == 4:
@@ -374,8 +374,11 @@ class ConvolutionBase(Layer):
 
     def _forward_engine(self, conv, b, t):
         if getattr(conv, "adds_bias", False):  # oneDNN: bias (and post-op) in its pass
-            x = self._images(b.raw_data(), self.channels, self.in_spatial)
-            y = self._images(t.raw_data(), self.num_output, self.out_spatial)
+            # channels-last arrays as they are where the plan says so (_onednn)
+            x = self._images(b.raw_data() if conv.x_strides else b.data, self.channels,
+                             self.in_spatial)
+            y = self._images(t.raw_data() if conv.y_strides else t.data, self.num_output,
+                             self.out_spatial)
             extra = {"bias": self.blobs[1].data} if self.bias_term else {}
             extra.update(self._post_op_arrays())
             if self.weights_fixed:
