@@ -17,6 +17,13 @@ const char* dtype_name() {
   return sizeof(T) == 4 ? "float32" : "float64";
 }
 
+// Whether obj is a float64 numpy array (the kernels' dispatch: float32 otherwise, which
+// require_array then checks).
+inline bool is_double(const py::handle& obj) {
+  return py::isinstance<py::array>(obj) &&
+         py::reinterpret_borrow<py::array>(obj).dtype().is(py::dtype::of<double>());
+}
+
 // Require a C-contiguous array of exactly dtype T (no silent copy or cast).
 template <typename T>
 py::array_t<T> require_array(const py::handle& obj, const std::string& what) {

@@ -312,8 +312,6 @@ void col2im_nd_array(const py::array& col_obj, const py::array& im_obj,
   col2im_nd_cpu<T>(col.data(), g, out);
 }
 
-bool is_double(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
-
 void bind(py::module_& m) {
   m.def(
       "im2col",

@@ -64,11 +64,6 @@ namespace {
 
 namespace py = pybind11;
 
-bool is_double(const py::handle& obj) {
-  return py::isinstance<py::array>(obj) &&
-         py::reinterpret_borrow<py::array>(obj).dtype().is(py::dtype::of<double>());
-}
-
 template <typename T>
 FamilyParams<T> params_of(int op, py::tuple values) {
   if (op < 0 || op >= FAM_OP_COUNT)

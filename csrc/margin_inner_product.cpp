@@ -192,11 +192,6 @@ void require_labels(const py::array_t<T>& labels, long m, long n, const std::str
   }
 }
 
-bool is_double(const py::handle& obj) {
-  return py::isinstance<py::array>(obj) &&
-         py::reinterpret_borrow<py::array>(obj).dtype().is(py::dtype::of<double>());
-}
-
 template <typename T>
 void normalize_rows(const py::handle& w_obj) {
   auto w = require_matrix<T>(w_obj, "margin_normalize_rows: weight");

@@ -125,8 +125,6 @@ void check_mask(const py::array& mask, const py::array& pooled, const std::strin
                           shape_str(pooled));
 }
 
-bool is_double(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
-
 template <typename T>
 void max_forward(const py::array& b, const py::array& t, const py::array& m, const long* k) {
   auto bottom = require_array<T>(b, "max_pool_forward: bottom");

@@ -163,11 +163,6 @@ void backward(const py::handle& x_obj, const py::handle& dy_obj, const py::handl
   if (dx) prelu_data_grad_cpu<T>(x.data(), dy.data(), slope.data(), dx, d);
 }
 
-bool is_double(const py::handle& x) {
-  return py::isinstance<py::array>(x) &&
-         py::reinterpret_borrow<py::array>(x).dtype().is(py::dtype::of<double>());
-}
-
 void bind(py::module_& m) {
   m.def(
       "prelu_forward",

@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import backend, limits
+from . import _C, backend, limits
 from .blob import Blob
 from .errors import FormatError, NetError
 from .fileio import blob_to_array, legacy_shape_matches, read_net
@@ -652,7 +652,11 @@ class Net:
 
     def clear_param_diffs(self):
         for blob in self.learnable_params:
-            blob.diff[...] = 0
+            diff = blob.diff
+            if isinstance(diff, np.ndarray) and diff.flags.c_contiguous:
+                _C.fill_zeros(diff)  # on the element-wise threads (a training step's 92 MB)
+            else:
+                diff[...] = 0
 
     # -- weights ------------------------------------------------------------------
     def copy_from(self, source):

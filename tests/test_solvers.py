@@ -296,6 +296,66 @@ def test_solver_type_float32(solver_type):
     check_against_reference(SOLVER_SETTINGS[solver_type], dtype=np.float32, tol=2e-5)
 
 
+@pytest.fixture
+def element_threads():
+    """Sets the C++ element-wise thread count for a test; restores it after."""
+    from pyfacelayers import _C
+    before = _C.elementwise_threads()
+    yield _C.set_elementwise_threads
+    _C.set_elementwise_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("decay", [0.0, 5e-4])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_sgd_one_pass_update_is_the_numpy_update_bit_for_bit(element_threads, dtype,
+                                                             decay, threads):
+    from pyfacelayers.solvers.updates import SGDRule
+    element_threads(threads)
+    rng = np.random.default_rng(3)
+    data, diff, history = (rng.standard_normal(100_003).astype(dtype) for _ in range(3))
+    rule = SGDRule(caffe_pb2.SolverParameter(momentum=0.9))
+    t = np.dtype(dtype).type
+    local_decay = t(decay) * t(2)  # decay_mult 2
+    ref_data, ref_diff, ref_history = data.copy(), diff.copy(), history.copy()
+    if local_decay:
+        ref_diff += local_decay * ref_data  # Solver.regularize
+    rule.compute(ref_diff, [ref_history], 0.01, 1.5, 0)
+    ref_data -= ref_diff  # Net::Update
+    assert rule.update_in_one_pass(data, diff, [history], local_decay, 0.01, 1.5)
+    for got, want in ((data, ref_data), (diff, ref_diff), (history, ref_history)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_sgd_one_pass_update_refuses_bad_arrays():
+    from pyfacelayers import _C
+    a, b = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match="must not overlap"):
+        _C.sgd_update(a, b, a, 0.0, 0.1, 0.9)
+    with pytest.raises(ValueError, match="same size, got 8, 8 and 7"):
+        _C.sgd_update(a, b, np.zeros(7, np.float32), 0.0, 0.1, 0.9)
+    with pytest.raises(ValueError, match="diff: array must be C-contiguous"):
+        _C.sgd_update(a, np.zeros(16, np.float32)[::2], b, 0.0, 0.1, 0.9)
+    with pytest.raises(TypeError, match="history: expected dtype float32, got float64"):
+        _C.sgd_update(a, b, np.zeros(8), 0.0, 0.1, 0.9)
+
+
+def test_clear_param_diffs_zeroes_every_diff(element_threads):
+    import pyfacelayers as caffe
+    element_threads(2)
+    param = text_format.Parse(
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 300 } } }'
+        'layer { name: "fc" type: '
+        '"InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 201 } }',
+        caffe_pb2.NetParameter())
+    net = caffe.Net(param, caffe.TRAIN)
+    for blob in net.learnable_params:
+        blob.diff[...] = 1
+    net.clear_param_diffs()
+    assert [b.diff.shape for b in net.learnable_params] == [(201, 300), (201,)]
+    assert not any(b.diff.any() for b in net.learnable_params)
+
+
 LR_SETTINGS = {
     "fixed": '',
     "step": 'stepsize: 2 gamma: 0.5',

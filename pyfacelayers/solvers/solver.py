@@ -546,15 +546,22 @@ class Solver:
             self.clip_gradients()
             params = self.net.learnable_params
             n = len(params)
+            updated = set()  # the parameters whose data the rule's one pass updated
             for i, blob in enumerate(params):
                 self._sync_history(i, blob)
                 self.normalize(blob)
-                self.regularize(blob, self.net.params_weight_decay[i])
                 history = [self.history[i + k * n] for k in range(self.rule.history_sets)]
+                decay = self._local_decay(self.net.params_weight_decay[i])
+                if self.param.regularization_type == "L2" and self.rule.update_in_one_pass(
+                        blob.data, blob.diff, history, decay, rate, self.net.params_lr[i]):
+                    updated.add(i)
+                    continue
+                self.regularize(blob, self.net.params_weight_decay[i])
                 self.rule.compute(blob.diff, history, rate, self.net.params_lr[i], self.iter)
-            for blob in params:  # Net::Update: data -= diff
-                data = blob.data
-                data -= blob.diff
+            for i, blob in enumerate(params):  # Net::Update: data -= diff
+                if i not in updated:
+                    data = blob.data
+                    data -= blob.diff
         finally:
             self._in_update = False
 
@@ -589,9 +596,12 @@ class Solver:
         diff = blob.diff
         diff *= t(1) / t(self.param.iter_size)
 
+    def _local_decay(self, decay_mult):
+        t = self.dtype.type
+        return t(self.param.weight_decay) * t(decay_mult)
+
     def regularize(self, blob, decay_mult):
-        t = blob.diff.dtype.type
-        local_decay = t(self.param.weight_decay) * t(decay_mult)
+        local_decay = self._local_decay(decay_mult)
         if not local_decay:
             return
         xp = backend.array_module(blob.data)

@@ -8,6 +8,8 @@ keeps float32 math in float32).
 
 import math
 
+import numpy as np
+
 from .lr_policy import SolverError
 
 
@@ -26,6 +28,11 @@ class UpdateRule:
     def compute(self, diff, history, rate, lr_mult, iteration):
         raise NotImplementedError
 
+    def update_in_one_pass(self, data, diff, history, local_decay, rate, lr_mult):
+        """L2 decay (``local_decay``; 0: none), ``compute`` and ``data -= diff`` in one
+        kernel, with the same values, where the rule has one; returns whether it ran."""
+        return False
+
 
 class SGDRule(UpdateRule):
     # history = local_rate * g + momentum * history; step = history
@@ -37,6 +44,17 @@ class SGDRule(UpdateRule):
         h = history[0]
         h[...] = local_rate * diff + momentum * h
         diff[...] = h
+
+    def update_in_one_pass(self, data, diff, history, local_decay, rate, lr_mult):
+        # The C++ kernel (csrc/sgd_update.cpp) rounds as the numpy lines above, in one
+        # pass on the element-wise threads; CPU arrays only (cupy keeps the numpy lines).
+        if not all(isinstance(a, np.ndarray) for a in (data, diff, history[0])):
+            return False
+        from .. import _C
+        t = diff.dtype.type
+        _C.sgd_update(data, diff, history[0], float(local_decay),
+                      float(t(rate) * t(lr_mult)), float(t(self.param.momentum)))
+        return True
 
 
 class NesterovRule(UpdateRule):
