@@ -284,6 +284,7 @@ class ConvolutionBase(Layer):
         try:
             if not onednn.engine_wanted(self.param.convolution_param.engine):
                 return None
+            own_layouts = onednn.layout() == "any"  # (plain: NHWC has no fast kernel)
         except (onednn.OnednnUnavailable, ValueError) as exc:
             raise self.error(str(exc)) from None
         x_shape, w_shape, y_shape = self._engine_shapes()
@@ -291,7 +292,7 @@ class ConvolutionBase(Layer):
             return None  # empty batch: the im2col path handles it
         post_op = self._fused_post_op()
         x_strides = y_strides = None
-        if top is not None and onednn.layout() == "any":  # (plain: NHWC has no fast kernel)
+        if top is not None and own_layouts:
             if not data.flags.c_contiguous:  # channels-last (the only other layout)
                 x_strides = onednn.element_strides(data)
             if top.prefers_channels_last and len(top.shape) == 4:
