@@ -1,5 +1,7 @@
 """SphereFace-20 Forward+Backward on the CPU: pyfacelayers against the FLOP floor and,
-when PyTorch is installed, the same architecture in PyTorch (ratios from one run).
+when PyTorch is installed, the same architecture in PyTorch (ratios from one run); then
+a whole solver iteration (clear the gradients, Forward+Backward, SGD update with
+momentum 0.9 and weight decay 5e-4) against PyTorch's with torch.optim.SGD.
 
     python bench/net.py [--batch 8] [--iters 3] [--classes 10572] [--threads N]
                         [--shared ../shared]
@@ -114,6 +116,47 @@ def time_torch(param, batch, iters):
         torch.__version__
 
 
+def _median_time(run, iters):
+    run()  # warm-up
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def time_ours_solver(param, batch, iters):
+    """Seconds per SGDSolver.step(1) (ClearParamDiffs, Forward+Backward, ApplyUpdate)."""
+    from pyfacelayers.proto import caffe_pb2
+    solver_param = caffe_pb2.SolverParameter(
+        base_lr=0.01, lr_policy="fixed", momentum=0.9, weight_decay=5e-4, max_iter=10 ** 6,
+        display=0)
+    solver_param.net_param.CopyFrom(param)
+    solver = caffe.SGDSolver(solver_param)
+    rng = np.random.default_rng(1)
+    net = solver.net
+    net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].shape)
+    net.blobs["label"].data[...] = rng.integers(0, net.blobs["fc6"].shape[1], batch)
+    return _median_time(lambda: solver.step(1), iters)
+
+
+def time_torch_solver(param, batch, iters):
+    import torch
+    from torch_from_prototxt import TorchNet
+    torch.manual_seed(0)
+    model = TorchNet(param, {"data": (batch, 3, 112, 96)})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    data = torch.randn(batch, 3, 112, 96)
+    label = torch.randint(0, 10, (batch,)).float()
+
+    def iteration():
+        optimizer.zero_grad()
+        model(data, label).backward()
+        optimizer.step()
+    return _median_time(iteration, iters)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--batch", type=int, default=8)
@@ -167,6 +210,19 @@ def main():
     print("ratio ours / floor:   %.2f" % (ours / floor))
     print("peak traced memory (net + Forward+Backward): %.0f MB; parameters+activations+diffs: "
           "%.0f MB (ratio %.2f)" % (peak / 2 ** 20, analytic / 2 ** 20, peak / analytic))
+
+    ours_iter = time_ours_solver(param, args.batch, args.iters)
+    print("\nSolver iteration (clear gradients, Forward+Backward, SGD momentum 0.9, weight "
+          "decay 5e-4)")
+    print("%-50s %9s %9s %9s" % ("", "s/iter", "images/s", "vs ours"))
+    rows = [("pyfacelayers SGDSolver.step(1)", ours_iter)]
+    if torch_time:
+        rows.append(("PyTorch + torch.optim.SGD", time_torch_solver(param, args.batch,
+                                                                   args.iters)))
+    for name, t in rows:
+        print("%-50s %9.3f %9.1f %9.2f" % (name, t, args.batch / t, t / ours_iter))
+    if torch_time:
+        print("ratio ours / PyTorch: %.2f wall" % (ours_iter / rows[1][1]))
 
 
 if __name__ == "__main__":
