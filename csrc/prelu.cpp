@@ -46,9 +46,22 @@ void for_each_row(const T* slope, PreluDims d, Fn fn) {
   (void)threads;
 }
 
+// save (optional, another array): receives x in the same pass (an in-place layer's
+// copy of its bottom for backward); y may then be x itself.
 template <typename T>
-void prelu_forward_cpu(const T* x, const T* slope, T* y, PreluDims d) {
+void prelu_forward_cpu(const T* x, const T* slope, T* y, PreluDims d, T* save) {
   for_each_row(slope, d, [=](long base, T a) {
+    if (save) {
+      const T* in = x + base;
+      T* out = y + base;
+      T* __restrict__ keep = save + base;
+      for (long j = 0; j < d.inner; ++j) {
+        const T v = in[j];
+        keep[j] = v;
+        out[j] = prelu_value(v, a);
+      }
+      return;
+    }
     const T* __restrict__ in = x + base;
     T* __restrict__ out = y + base;
     for (long j = 0; j < d.inner; ++j) out[j] = prelu_value(in[j], a);
@@ -128,13 +141,23 @@ PreluDims dims_of(const py::array_t<T>& x, const py::array_t<T>& slope, bool sha
 
 template <typename T>
 void forward(const py::handle& x_obj, const py::handle& slope_obj, const py::handle& y_obj,
-             bool shared) {
+             bool shared, const py::handle& save_obj) {
   auto x = require_array<T>(x_obj, "prelu_forward: bottom");
   auto slope = require_array<T>(slope_obj, "prelu_forward: slope");
   auto y = checked<T>(y_obj, "prelu_forward: top", x);
   PreluDims d = dims_of(x, slope, shared, "prelu_forward");
+  T* save = nullptr;
+  py::array_t<T> save_arr;  // keeps the reference alive
+  if (!save_obj.is_none()) {
+    save_arr = checked<T>(save_obj, "prelu_forward: save", x);
+    save = save_arr.mutable_data();
+    const long n = static_cast<long>(x.size());
+    for (const T* other : {x.data(), static_cast<const T*>(y.data())})
+      if (n && save < other + n && other < save + n)
+        throw py::value_error("prelu_forward: save must not overlap the bottom or the top");
+  }
   py::gil_scoped_release release;
-  prelu_forward_cpu<T>(x.data(), slope.data(), y.mutable_data(), d);
+  prelu_forward_cpu<T>(x.data(), slope.data(), y.mutable_data(), d, save);
 }
 
 template <typename T>
@@ -166,12 +189,14 @@ void backward(const py::handle& x_obj, const py::handle& dy_obj, const py::handl
 void bind(py::module_& m) {
   m.def(
       "prelu_forward",
-      [](py::handle x, py::handle slope, py::handle y, bool shared) {
-        if (is_double(x)) return forward<double>(x, slope, y, shared);
-        forward<float>(x, slope, y, shared);
+      [](py::handle x, py::handle slope, py::handle y, bool shared, py::handle save) {
+        if (is_double(x)) return forward<double>(x, slope, y, shared, save);
+        forward<float>(x, slope, y, shared, save);
       },
       py::arg("bottom"), py::arg("slope"), py::arg("top"), py::arg("channel_shared"),
-      "top = max(x, 0) + a * min(x, 0) over (num, channels, inner) arrays.");
+      py::arg("save") = py::none(),
+      "top = max(x, 0) + a * min(x, 0) over (num, channels, inner) arrays; save (unless "
+      "None, another array) receives the bottom in the same pass (top may be the bottom).");
   m.def(
       "prelu_backward",
       [](py::handle x, py::handle dy, py::handle slope, py::handle dx, py::handle slope_diff,

@@ -71,7 +71,9 @@ def test_prelu_kernels_give_the_same_bits_on_any_thread_count(shared):
             _C.prelu_backward(x, dy, slope, dx, ds, shared)
             in_place = dy.copy()
             _C.prelu_backward(x, in_place, slope, in_place, None, shared)
-            results.append((y, dx, ds, in_place))
+            forward_in_place, saved = x.copy(), np.empty_like(x)  # the layer in place
+            _C.prelu_forward(forward_in_place, slope, forward_in_place, shared, save=saved)
+            results.append((y, dx, ds, in_place, forward_in_place, saved))
     finally:
         _C.set_elementwise_threads(before)
     a = slope.reshape(1, -1, 1) if not shared else slope[0]
@@ -81,3 +83,4 @@ def test_prelu_kernels_give_the_same_bits_on_any_thread_count(shared):
         for got, want in zip(other, results[0]):
             assert np.array_equal(got, want)
     assert np.array_equal(results[0][3], results[0][1])
+    assert np.array_equal(results[0][4], results[0][0]) and np.array_equal(results[0][5], x)

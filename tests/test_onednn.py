@@ -324,3 +324,59 @@ def test_the_documented_check_runs():
         assert out.startswith("(True, 'oneDNN 3.") and "libdnnl.so" in out
     else:
         assert out.startswith("(False, 'oneDNN not found")
+
+
+@needs_onednn
+def test_backward_reuses_the_forward_reorder_of_x_only_while_x_is_unchanged(monkeypatch):
+    """The weight gradient reads x as oneDNN's forward reordered it, unless someone took
+    the bottom's data in between (Blob.data_version): then x is reordered again."""
+    params, shape = "num_output: 32 kernel_size: 3 pad: 1", (2, 16, 9, 8)
+
+    def passes(change_x, count=None):
+        lp = text_format.Parse('name: "c" type: "Convolution" convolution_param { %s '
+                               'weight_filler { type: "gaussian" std: 0.5 } }' % params,
+                               caffe_pb2.LayerParameter())
+        layer = create_layer(lp, phase=caffe_pb2.TRAIN, dtype=np.float32,
+                             rng=np.random.default_rng(0))
+        rng = np.random.default_rng(1)
+        bottom, top = [Blob(shape, dtype=np.float32)], [Blob((), dtype=np.float32)]
+        bottom[0].data = rng.standard_normal(shape).astype(np.float32)
+        layer.setup(bottom, top)
+        layer.reshape(bottom, top)
+        layer.forward(bottom, top)
+        if change_x:
+            bottom[0].data[...] *= -2  # taken through .data: a new version
+        top[0].diff = rng.standard_normal(top[0].shape).astype(np.float32)
+        if count is not None:
+            count.clear()
+        layer.backward(top, [True], bottom)
+        passes.layer = layer
+        return layer.blobs[0].diff.copy(), layer.blobs[1].diff.copy(), bottom[0].diff.copy()
+
+    lib = onednn.library()
+    executed = []
+    real_call = type(lib).call
+
+    def call(self, name, *args):
+        if name == "dnnl_primitive_execute":
+            executed.append(name)
+        return real_call(self, name, *args)
+    for change_x in (False, True):
+        with monkeypatch.context() as patch:
+            patch.setenv("PYFACELAYERS_CONV_ENGINE", "caffe")
+            expected = passes(change_x)
+        monkeypatch.setattr(type(lib), "call", call)
+        got = passes(change_x, executed)
+        monkeypatch.setattr(type(lib), "call", real_call)
+        for what, a, b in zip(("dw", "db", "dx"), got, expected):
+            assert_close(a, b, 1e-5, "%s (x changed: %s)" % (what, change_x))
+        if change_x:
+            assert len(executed) == kept + 1  # x reordered again
+        else:
+            kept = len(executed)
+    # dy is reordered once for both backward passes where they want the same layout
+    steps = passes.layer._onednn_conv[1]._steps
+    dy_buffers = {id(buffer) for direction in ("backward_filter", "backward_data")
+                  for arg, _, _, buffer in steps[direction].before
+                  if arg == onednn.ARG_DIFF_DST}
+    assert len(dy_buffers) == 1

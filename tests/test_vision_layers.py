@@ -715,6 +715,10 @@ def test_prelu_kernel_rejects_bad_arrays():
                           np.zeros(3, np.float32), None, None, False)
     with pytest.raises(ValueError, match="axes"):
         _C.prelu_forward(x[0], np.zeros(3, np.float32), x[0].copy(), False)
+    with pytest.raises(ValueError, match="save must not overlap the bottom or the top"):
+        _C.prelu_forward(x, np.zeros(3, np.float32), x, False, save=x)
+    with pytest.raises(ValueError, match="save: shape differs"):
+        _C.prelu_forward(x, np.zeros(3, np.float32), x, False, save=np.zeros(24, np.float32))
 
 
 def test_prelu_errors():

@@ -362,7 +362,8 @@ class _Step:
                 self.after.append((arg,) + _reorder(owned, wanted, md, inner.memory, user,
                                                     add=arg in accumulate) + (inner,))
             else:
-                inner = self._input_buffer(owned, wanted, (shared or {}).setdefault(arg, []))
+                pool = {} if shared is None else shared
+                inner = self._input_buffer(owned, wanted, pool.setdefault(arg, []))
                 self.before.append((arg,) + _reorder(owned, md, wanted, user, inner.memory)
                                    + (inner,))
             args.append((arg, inner.memory))
@@ -623,9 +624,10 @@ class Convolution2d:
                              % (what, tuple(array.shape), tuple(shape)))
         return array
 
-    def forward(self, x, w, y, bias=None, slopes=None, w_key=None):
+    def forward(self, x, w, y, bias=None, slopes=None, w_key=None, x_key=None):
         """``w_key``: names the weights' contents (unchanged key: unchanged weights, whose
-        reordered copy is then reused); None: reorder them at every call."""
+        reordered copy is then reused); None: reorder them at every call. ``x_key``: the
+        same for x, whose reordered copy backward_filter may then reuse."""
         arrays = {ARG_SRC: self._check(x, self.x_shape, "x", self.x_strides),
                   ARG_WEIGHTS: self._check(w, self.w_shape, "w"),
                   ARG_DST: self._check(y, self.y_shape, "y", self.y_strides)}
@@ -636,7 +638,7 @@ class Convolution2d:
         if self.post_op is not None and self.post_op.kind == "prelu":
             shape = (1,) if self.post_op.channel_shared else (self.y_shape[1],)
             arrays[ARG_POST_OP_BASE | ARG_WEIGHTS] = self._check(slopes, shape, "slopes")
-        self._step("forward").run(arrays, {ARG_WEIGHTS: w_key})
+        self._step("forward").run(arrays, {ARG_WEIGHTS: w_key, ARG_SRC: x_key})
 
     def backward_data(self, w, dy, dx, dy_key=None):
         """``dy_key``: as in backward_filter (a gradient reordered once for both)."""
@@ -645,10 +647,12 @@ class Convolution2d:
             ARG_DIFF_DST: self._check(dy, self.y_shape, "dy"),
             ARG_DIFF_SRC: self._check(dx, self.x_shape, "dx")}, {ARG_DIFF_DST: dy_key})
 
-    def backward_filter(self, x, dy, dw, dy_key=None):
+    def backward_filter(self, x, dy, dw, dy_key=None, x_key=None):
         """``dy_key``: names dy's contents; given the same to backward_data while dy is
-        unchanged, the second call reuses the first's reordered copy."""
+        unchanged, the second call reuses the first's reordered copy. ``x_key``: the
+        forward's, while x is unchanged (its reordered copy is reused)."""
         self._step("backward_filter").run({
             ARG_SRC: self._check(x, self.x_shape, "x"),
             ARG_DIFF_DST: self._check(dy, self.y_shape, "dy"),
-            ARG_DIFF_WEIGHTS: self._check(dw, self.w_shape, "dw")}, {ARG_DIFF_DST: dy_key})
+            ARG_DIFF_WEIGHTS: self._check(dw, self.w_shape, "dw")},
+            {ARG_DIFF_DST: dy_key, ARG_SRC: x_key})

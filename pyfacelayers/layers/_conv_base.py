@@ -320,6 +320,7 @@ class ConvolutionBase(Layer):
     # Set by the net where this layer never runs backward: the engine may keep its own
     # copy of the weights (oneDNN's reordered layout) while Blob.data_version holds.
     weights_fixed = False
+    _x_seen = None  # (id(bottom), its data_version) at the last oneDNN forward
 
     def _fused_post_op(self):
         """The oneDNN post-op for the activation fused into this pass, or None."""
@@ -389,6 +390,9 @@ class ConvolutionBase(Layer):
                     id(self.blobs[0]), weights.ctypes.data, version)
             else:
                 w = self.blobs[0].data.reshape(conv.w_shape)
+            # x's contents, named for the backward pass (Blob.data_version: nobody has
+            # taken the bottom's data since, so the reordered copy still holds)
+            self._x_seen = extra["x_key"] = (id(b), b.data_version)
             self._engine_call(conv, conv.forward, x, w, y, **extra)
             self.activation_fused = conv.post_op is not None
             return
@@ -398,15 +402,16 @@ class ConvolutionBase(Layer):
         self._engine_call(conv, conv.forward, x, w, y)
         self._add_bias(t.data.reshape(self.num, self.num_output, -1))
 
-    def _backward_engine(self, conv, t, need_w, down, b):
+    def _backward_engine(self, conv, t, need_w, down, b, x_unchanged=False):
         dy = self._images(t.diff, self.num_output, self.out_spatial)
         extra = {}
         if getattr(conv, "adds_bias", False):  # oneDNN: dy reordered once for both passes
             extra["dy_key"] = object()
         if need_w:
+            keys = dict(extra, x_key=self._x_seen) if x_unchanged and extra else extra
             self._engine_call(conv, conv.backward_filter,
                               self._images(b.data, self.channels, self.in_spatial), dy,
-                              self.blobs[0].diff.reshape(conv.w_shape), **extra)
+                              self.blobs[0].diff.reshape(conv.w_shape), **keys)
         if down:
             self._engine_call(conv, conv.backward_data,
                               self.blobs[0].data.reshape(conv.w_shape), dy,
@@ -450,9 +455,10 @@ class ConvolutionBase(Layer):
         need_w = wants_param_grad(self, 0)
         if not (need_w or down):
             return
+        x_unchanged = self._x_seen == (id(b), b.data_version)  # before taking b.data
         conv = self._engine_conv(b.data)
         if conv is not None:
-            return self._backward_engine(conv, t, need_w, down, b)
+            return self._backward_engine(conv, t, need_w, down, b, x_unchanged)
         x = self._images(b.data, self.channels, self.in_spatial)
         dx = self._images(b.diff, self.channels, self.in_spatial) if down else None
         w = self._weight_groups()

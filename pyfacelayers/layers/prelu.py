@@ -69,12 +69,10 @@ class PReLULayer(Layer):
             if self.bottom_copy is None or self.bottom_copy.shape != x.shape \
                     or array_module(self.bottom_copy) is not xp:
                 self.bottom_copy = xp.empty_like(x)
-            if xp is not np:  # the GPU kernel keeps the bottom in the same pass
-                kernels.prelu_forward(x, self.blobs[0].data, y, self.channel_shared,
-                                      save=self.bottom_copy)
-                return
-            self.bottom_copy[...] = x
-            x = self.bottom_copy
+            # the kernel keeps the bottom in the same pass
+            kernels.prelu_forward(x, self.blobs[0].data, y, self.channel_shared,
+                                  save=self.bottom_copy)
+            return
         kernels.prelu_forward(x, self.blobs[0].data, y, self.channel_shared)
 
     def backward(self, top, propagate_down, bottom):
