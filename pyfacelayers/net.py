@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import _C, backend, limits
+from . import _C, backend, channels_last, limits
 from .blob import Blob
 from .errors import FormatError, NetError
 from .fileio import blob_to_array, legacy_shape_matches, read_net
@@ -254,7 +254,7 @@ class Net:
         self.outputs = sorted(available)  # Caffe keeps them in a std::set
         self._mark_fixed_weights()
         self._fusions = self._plan_fusions()
-        self._plan_channels_last()
+        channels_last.plan(self)
         self.params = OrderedDict(
             (name, layer.blobs) for name, layer in zip(self._layer_names, self.layers)
             if layer.blobs)
@@ -359,76 +359,6 @@ class Net:
             fusions[i] = i + 1
             conv.fusable_activation = act
         return fusions
-
-    def _plan_channels_last(self):
-        """Mark the blobs a oneDNN convolution (or an Eltwise sum of such blobs) may store
-        channels-last (Blob.raw_data), so that no reorder runs between two convolutions:
-        4-D float32 CPU blobs, not outputs of the net, that only forward-only oneDNN
-        convolutions, Eltwise sums and Splits (and the activation fused before them)
-        read. This only plans: whoever else takes ``data`` gets a C-contiguous array."""
-        if self.dtype != np.float32 or backend.xp() is not np:
-            return
-        from .cpu import onednn
-        if not onednn.available()[0]:
-            return
-        readers = {}  # id(blob) -> indices of the layers reading it
-        for i, bottoms in enumerate(self._bottoms):
-            for blob in bottoms:
-                readers.setdefault(id(blob), []).append(i)
-
-        def takes_any_layout(i):
-            layer = self.layers[i]
-            if self._layer_need_backward[i]:
-                return False
-            if layer.type == "Convolution":
-                try:  # (plain layouts: oneDNN has only reference kernels for NHWC there)
-                    wanted = (onednn.engine_wanted(layer.param.convolution_param.engine)
-                              and onednn.layout() == "any")
-                except (onednn.OnednnUnavailable, ValueError):
-                    return False  # the layer names the problem when it runs
-                return wanted and layer.num_spatial_axes == 2
-            if layer.type == "Eltwise":
-                return layer.op == caffe_pb2.EltwiseParameter.SUM and all(
-                    c == 1 for c in layer.coeffs)
-            return layer.type == "Split" or i in self._fusions.values()
-
-        def read_only_by_aware_layers(blob):
-            for i in readers.get(id(blob), []):
-                if not takes_any_layout(i):
-                    return False
-                if self.layers[i].type == "Split" and not all(
-                        read_only_by_aware_layers(t) for t in self._tops[i]):
-                    return False
-            return True
-
-        split_source = {id(t): bottoms[0] for layer, bottoms, tops in zip(
-            self.layers, self._bottoms, self._tops) if layer.type == "Split" for t in tops}
-
-        def source(blob):  # a Split's top views its bottom's array
-            while id(blob) in split_source:
-                blob = split_source[id(blob)]
-            return blob
-
-        outputs = {id(self.blobs[name]) for name in self.outputs}
-        chosen = {}  # id(blob) -> (blob, producing layer index)
-        for i, (layer, bottoms, tops) in enumerate(zip(self.layers, self._bottoms, self._tops)):
-            if layer.type not in ("Convolution", "Eltwise") or not takes_any_layout(i):
-                continue
-            for top in tops:
-                if (len(top.shape) == 4 and id(top) not in outputs
-                        and all(top is not b for b in bottoms)
-                        and read_only_by_aware_layers(top)):
-                    chosen[id(top)] = (top, i)
-        changed = True
-        while changed:  # an Eltwise sum writes channels-last only from such bottoms
-            changed = False
-            for key, (top, i) in list(chosen.items()):
-                if self.layers[i].type == "Eltwise" and not all(
-                        id(source(b)) in chosen for b in self._bottoms[i]):
-                    del chosen[key]
-                    changed = True
-        for top, _ in chosen.values():
-            top.prefers_channels_last = True
 
     # -- running ------------------------------------------------------------------
     def _index(self, name, default):

@@ -391,8 +391,9 @@ class ConvolutionBase(Layer):
             else:
                 w = self.blobs[0].data.reshape(conv.w_shape)
             # x's contents, named for the backward pass (Blob.data_version: nobody has
-            # taken the bottom's data since, so the reordered copy still holds)
-            self._x_seen = extra["x_key"] = (id(b), b.data_version)
+            # taken the bottom's data since, so the reordered copy still holds); not in
+            # place, where the pass itself overwrites x
+            self._x_seen = extra["x_key"] = None if b is t else (id(b), b.data_version)
             self._engine_call(conv, conv.forward, x, w, y, **extra)
             self.activation_fused = conv.post_op is not None
             return
@@ -455,7 +456,7 @@ class ConvolutionBase(Layer):
         need_w = wants_param_grad(self, 0)
         if not (need_w or down):
             return
-        x_unchanged = self._x_seen == (id(b), b.data_version)  # before taking b.data
+        x_unchanged = self._x_seen is not None and self._x_seen == (id(b), b.data_version)
         conv = self._engine_conv(b.data)
         if conv is not None:
             return self._backward_engine(conv, t, need_w, down, b, x_unchanged)
