@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import _C, backend, channels_last, limits
+from . import backend, channels_last, limits
 from .blob import Blob
 from .errors import FormatError, NetError
 from .fileio import blob_to_array, legacy_shape_matches, read_net
@@ -581,6 +581,7 @@ class Net:
         return self._ledger.total
 
     def clear_param_diffs(self):
+        from . import _C  # (the package imports without its extension built)
         for blob in self.learnable_params:
             diff = blob.diff
             if isinstance(diff, np.ndarray) and diff.flags.c_contiguous:
