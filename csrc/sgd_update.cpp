@@ -9,10 +9,9 @@
 //
 // Every product and sum is rounded in T, as numpy rounds it: this file is built with
 // -ffp-contract=off (no fused multiply-adds), so the results are the numpy solver's,
-// bit for bit, on any thread count. A clear of the parameter diffs is here too.
+// bit for bit, on any thread count.
 #include <pybind11/numpy.h>
 
-#include <cstring>
 #include <string>
 
 #include "array_checks.h"
@@ -66,26 +65,6 @@ void update(const py::handle& data_obj, const py::handle& diff_obj,
                     static_cast<T>(local_rate), static_cast<T>(momentum));
 }
 
-template <typename T>
-void fill_zeros(const py::handle& obj) {
-  auto array = require_array<T>(obj, "fill_zeros: array");
-  T* out = array.mutable_data();
-  const long n = static_cast<long>(array.size());
-  const int threads = threads_for(n);
-  py::gil_scoped_release release;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    const long parts = omp_get_num_threads(), part = omp_get_thread_num();
-    const long begin = n * part / parts, end = n * (part + 1) / parts;
-    std::memset(out + begin, 0, sizeof(T) * (end - begin));
-  }
-#else
-  std::memset(out, 0, sizeof(T) * n);
-#endif
-  (void)threads;
-}
-
 void bind(py::module_& m) {
   m.def(
       "sgd_update",
@@ -99,16 +78,10 @@ void bind(py::module_& m) {
       py::arg("local_rate"), py::arg("momentum"),
       "One pass of Caffe's SGD update (L2 decay, momentum, data -= step), the scalars "
       "rounded to the arrays' dtype; diff and history end up holding the step.");
-  m.def(
-      "fill_zeros",
-      [](py::handle array) {
-        if (is_double(array)) return fill_zeros<double>(array);
-        fill_zeros<float>(array);
-      },
-      py::arg("array"), "array[...] = 0 on the element-wise threads.");
 }
 
 }  // namespace
 
 PFL_REGISTER_BINDINGS(bind)
+
 }  // namespace pfl

@@ -4,6 +4,7 @@ import numpy as np
 
 from ..backend import array_module
 from ..proto import caffe_pb2
+from . import _array_ops as array_ops
 from .base import Layer, register
 
 _OP = caffe_pb2.EltwiseParameter
@@ -45,13 +46,12 @@ class EltwiseLayer(Layer):
                 top[0].store_channels_last()
             data = [b.raw_data() for b in bottom]
             out = top[0].raw_data()
-            xp = array_module(out)
             if len(data) == 1:
-                out[...] = data[0]
+                array_ops.copy(data[0], out)
                 return
-            xp.add(data[0], data[1], out=out)
+            array_ops.add(data[0], data[1], out)
             for x in data[2:]:
-                xp.add(out, x, out=out)
+                array_ops.add(out, x, out)
             return
         xp = array_module(bottom[0].data)
         data = [b.data for b in bottom]
@@ -84,7 +84,10 @@ class EltwiseLayer(Layer):
                 continue
             if self.op == _OP.SUM:
                 c = self.coeffs[i]
-                b.diff[...] = top_diff if c == 1 else c * top_diff
+                if c == 1:
+                    array_ops.copy(top_diff, b.diff)
+                else:
+                    b.diff[...] = c * top_diff
             elif self.op == _OP.PROD:
                 if self.stable_prod_grad:
                     others = None

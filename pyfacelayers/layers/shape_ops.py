@@ -2,6 +2,7 @@
 Reshape, Silence."""
 
 from ..backend import array_module
+from . import _array_ops as array_ops
 from .base import Layer, register
 from ._helpers import canonical_axis, legacy_or_axis
 
@@ -173,12 +174,11 @@ class SplitLayer(Layer):
             return
         out = bottom[0].diff  # summed in top order, as Caffe, without temporaries
         if len(top) == 1:
-            out[...] = top[0].diff
+            array_ops.copy(top[0].diff, out)
             return
-        xp = array_module(out)
-        xp.add(top[0].diff, top[1].diff, out=out)
+        array_ops.add(top[0].diff, top[1].diff, out)
         for t in top[2:]:
-            xp.add(out, t.diff, out=out)
+            array_ops.add(out, t.diff, out)
 
 
 class _View(Layer):
