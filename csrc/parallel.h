@@ -1,6 +1,7 @@
-// Threads of the element-wise CPU kernels (PReLU). Serial until Python turns them on
-// (pyfacelayers/cpu/blas_threads.py, once oneDNN runs the convolutions): they then use
-// OpenMP's pool, the same libgomp threads oneDNN uses, so the two never compete.
+// Threads of the element-wise CPU kernels (PReLU, array_ops, the SGD update). Serial
+// until Python turns them on (pyfacelayers/cpu/blas_threads.py, once oneDNN runs the
+// convolutions): they then use OpenMP's pool, the same libgomp threads oneDNN uses, so
+// the two never compete.
 #pragma once
 
 #ifdef _OPENMP

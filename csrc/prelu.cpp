@@ -209,8 +209,8 @@ void bind(py::module_& m) {
       "Adds the slope gradient to slope_diff (unless None), then overwrites bottom_diff "
       "(unless None; may be top_diff) with dy * (x <= 0 ? a : 1).");
   m.def("set_elementwise_threads", &set_elementwise_threads, py::arg("threads"),
-        "Threads of the element-wise kernels (PReLU): n <= 0 gives OpenMP's default; "
-        "always 1 in a build without OpenMP.");
+        "Threads of the element-wise kernels (PReLU, array sums, SGD): n <= 0 gives "
+        "OpenMP's default; always 1 in a build without OpenMP.");
   m.def("elementwise_threads", [] { return elementwise_thread_count; },
         "Threads the element-wise kernels use now (1 until set).");
 }

@@ -13,8 +13,8 @@ So when oneDNN first runs a convolution, numpy's OpenBLAS is set to
 with ``OPENBLAS_NUM_THREADS`` (then nothing is changed); ``0`` leaves numpy's BLAS
 alone. Found through the process's loaded libraries (numpy's bundled OpenBLAS); other
 BLAS libraries are left as they are. Where the limit applies, the C++ element-wise
-kernels (PReLU) start using OpenMP's pool, the libgomp threads oneDNN runs on, at the
-same moment; otherwise they stay serial.
+kernels (PReLU, the Eltwise/Split sums, the SGD update) start using OpenMP's pool, the
+libgomp threads oneDNN runs on, at the same moment; otherwise they stay serial.
 """
 
 import ctypes
