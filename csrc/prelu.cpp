@@ -69,9 +69,12 @@ void prelu_forward_cpu(const T* x, const T* slope, T* y, PreluDims d, T* save) {
 }
 
 // Adds sum(dy * x * (x <= 0)) per channel to slope_diff: eight partial sums per image
-// (so that it vectorises), the images added in double.
-template <typename T>
-void prelu_slope_grad_cpu(const T* x, const T* dy, T* slope_diff, PreluDims d) {
+// (so that it vectorises), the images added in double. kWriteDx: the data gradient
+// dx = dy * ((x > 0) + a * (x <= 0)) is written in the same pass (dx may be dy: each
+// value is read before it is written, so the loop has no carried dependency).
+template <typename T, bool kWriteDx>
+void prelu_slope_grad_cpu(const T* x, const T* dy, T* slope_diff, PreluDims d,
+                          const T* slope = nullptr, T* dx = nullptr) {
   // One channel per thread, each summed in the same order as serially: the result does
   // not depend on the thread count.
   const int threads = threads_for(d.num * d.channels * d.inner);
@@ -79,17 +82,27 @@ void prelu_slope_grad_cpu(const T* x, const T* dy, T* slope_diff, PreluDims d) {
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
 #endif
   for (long c = 0; c < d.channels; ++c) {
+    const T a = kWriteDx ? slope[c] : T(0);
     double sum = 0.0;
     for (long n = 0; n < d.num; ++n) {
       const long base = (n * d.channels + c) * d.inner;
-      const T* __restrict__ in = x + base;
-      const T* __restrict__ grad = dy + base;
+      const T* in = x + base;
+      const T* grad = dy + base;
+      T* out = kWriteDx ? dx + base : nullptr;
       T part[8] = {};
       long j = 0;
+#pragma GCC ivdep
       for (; j + 8 <= d.inner; j += 8)
-        for (int k = 0; k < 8; ++k)
-          part[k] += grad[j + k] * in[j + k] * static_cast<T>(in[j + k] <= T(0));
-      for (; j < d.inner; ++j) part[0] += grad[j] * in[j] * static_cast<T>(in[j] <= T(0));
+        for (int k = 0; k < 8; ++k) {
+          const T g = grad[j + k], v = in[j + k];
+          part[k] += g * v * static_cast<T>(v <= T(0));
+          if (kWriteDx) out[j + k] = g * prelu_data_factor(v, a);
+        }
+      for (; j < d.inner; ++j) {
+        const T g = grad[j], v = in[j];
+        part[0] += g * v * static_cast<T>(v <= T(0));
+        if (kWriteDx) out[j] = g * prelu_data_factor(v, a);
+      }
       for (int k = 0; k < 8; ++k) sum += part[k];
     }
     slope_diff[c] += static_cast<T>(sum);
@@ -181,8 +194,12 @@ void backward(const py::handle& x_obj, const py::handle& dy_obj, const py::handl
     dx = dx_arr.mutable_data();
   }
   py::gil_scoped_release release;
+  if (slope_diff && dx && d.channels > 1) {  // both in one pass, a channel per thread
+    prelu_slope_grad_cpu<T, true>(x.data(), dy.data(), slope_diff, d, slope.data(), dx);
+    return;
+  }
   // The slope gradient reads dy before dx (possibly dy itself) is overwritten.
-  if (slope_diff) prelu_slope_grad_cpu<T>(x.data(), dy.data(), slope_diff, d);
+  if (slope_diff) prelu_slope_grad_cpu<T, false>(x.data(), dy.data(), slope_diff, d);
   if (dx) prelu_data_grad_cpu<T>(x.data(), dy.data(), slope.data(), dx, d);
 }
 

@@ -73,7 +73,13 @@ def test_prelu_kernels_give_the_same_bits_on_any_thread_count(shared):
             _C.prelu_backward(x, in_place, slope, in_place, None, shared)
             forward_in_place, saved = x.copy(), np.empty_like(x)  # the layer in place
             _C.prelu_forward(forward_in_place, slope, forward_in_place, shared, save=saved)
-            results.append((y, dx, ds, in_place, forward_in_place, saved))
+            # the slope gradient alone, and with dx written in place in the same pass
+            ds_alone, ds_in_place, both_in_place = (np.zeros_like(slope), np.zeros_like(slope),
+                                                    dy.copy())
+            _C.prelu_backward(x, dy, slope, None, ds_alone, shared)
+            _C.prelu_backward(x, both_in_place, slope, both_in_place, ds_in_place, shared)
+            results.append((y, dx, ds, in_place, forward_in_place, saved, ds_alone,
+                            ds_in_place, both_in_place))
     finally:
         _C.set_elementwise_threads(before)
     a = slope.reshape(1, -1, 1) if not shared else slope[0]
@@ -84,3 +90,6 @@ def test_prelu_kernels_give_the_same_bits_on_any_thread_count(shared):
             assert np.array_equal(got, want)
     assert np.array_equal(results[0][3], results[0][1])
     assert np.array_equal(results[0][4], results[0][0]) and np.array_equal(results[0][5], x)
+    y, dx, ds, _, _, _, ds_alone, ds_in_place, both_in_place = results[0]
+    assert np.array_equal(ds, ds_alone) and np.array_equal(ds_in_place, ds_alone)
+    assert np.array_equal(both_in_place, dx)
