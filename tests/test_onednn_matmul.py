@@ -11,6 +11,7 @@ from test_margin_inner_product import fixture_files, run_fixture
 
 from pyfacelayers.blob import Blob
 from pyfacelayers.cpu import onednn, onednn_matmul
+from pyfacelayers.errors import LayerError
 from pyfacelayers.layers import _products
 from test_onednn import clean_env, needs_onednn  # noqa: F401 (an autouse fixture)
 
@@ -71,7 +72,8 @@ def test_where_onednn_does_not_apply_numpy_computes(monkeypatch, every_product):
     monkeypatch.setattr(onednn_matmul, "MIN_WORK", 0)
     monkeypatch.setenv("PYFACELAYERS_CONV_ENGINE", "caffe")  # the user's choice of BLAS
     assert not onednn_matmul.product(a, b, out, False)
-    _products.multiply(a, b, out)  # the fallback
+    _products.multiply(make("InnerProduct", "inner_product_param { num_output: 6 }"),
+                       a, b, out)  # the fallback
     assert_close(out, a @ b, 1e-6, "numpy")
 
 
@@ -138,3 +140,17 @@ def test_a_failing_matmul_names_the_shapes(monkeypatch):
                         else type(lib).new(lib, name, *args))
     with pytest.raises(onednn.OnednnError, match=r"no matmul for \(\(2, 3\).*unimplemented"):
         onednn_matmul.Product(((2, 3), (3, 1)), ((3, 4), (4, 1)), ((2, 4), (4, 1)), False)
+
+
+@pytest.mark.parametrize("setting,message", [
+    (("PYFACELAYERS_CONV_ENGINE", "fast"), "PYFACELAYERS_CONV_ENGINE must be one of"),
+    (("PYFACELAYERS_ONEDNN_LIBRARY", "/nonexistent/libdnnl.so.3"), "oneDNN not found")])
+def test_a_bad_engine_setting_names_the_fully_connected_layer(monkeypatch, setting,
+                                                              message):
+    monkeypatch.setattr(onednn_matmul, "MIN_WORK", 0)
+    monkeypatch.setenv(*setting)
+    if setting[0] == "PYFACELAYERS_ONEDNN_LIBRARY":
+        monkeypatch.setenv("PYFACELAYERS_CONV_ENGINE", "onednn")  # asked for by name
+    with pytest.raises(LayerError, match=r'layer "my_innerproduct" \(InnerProduct\): '
+                                         r'oneDNN: %s' % message):
+        _inner_product("num_output: 6", f32(3, 12))

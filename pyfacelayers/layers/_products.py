@@ -21,9 +21,19 @@ from ..cpu import onednn_matmul
 CHUNK_BYTES = 1 << 23  # 8 MB
 
 
-def multiply(a, b, out):
-    """``out[...] = a @ b`` (2-D arrays)."""
-    if onednn_matmul.product(a, b, out, accumulate=False):
+def _on_onednn(layer, a, b, out, accumulate):
+    """Whether oneDNN computed the product; its errors (and a bad engine setting) name
+    the layer."""
+    from ..cpu import onednn
+    try:
+        return onednn_matmul.product(a, b, out, accumulate)
+    except (onednn.OnednnUnavailable, onednn.OnednnError, ValueError) as exc:
+        raise layer.error("oneDNN: %s" % exc) from None
+
+
+def multiply(layer, a, b, out):
+    """``out[...] = a @ b`` (2-D arrays) for ``layer``."""
+    if _on_onednn(layer, a, b, out, accumulate=False):
         return
     if isinstance(out, np.ndarray):
         out[...] = a @ b  # (matmul's out= is slower with OpenBLAS)
@@ -31,12 +41,12 @@ def multiply(a, b, out):
         array_module(out).matmul(a, b, out=out)
 
 
-def add_product(out, a, b):
-    """``out += a @ b`` (2-D arrays; ``out`` C-contiguous)."""
+def add_product(layer, out, a, b):
+    """``out += a @ b`` (2-D arrays; ``out`` C-contiguous) for ``layer``."""
     if not isinstance(out, np.ndarray):  # cupy: a temporary, as before
         out += a @ b
         return
-    if onednn_matmul.product(a, b, out, accumulate=True):
+    if _on_onednn(layer, a, b, out, accumulate=True):
         return
     if not out.any():
         np.matmul(a, b, out=out)

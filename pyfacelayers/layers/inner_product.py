@@ -130,7 +130,7 @@ class InnerProductLayer(Layer):
             self._normalize_rows()
         x = bottom[0].data.reshape(self.M, self.K)
         y = top[0].data.reshape(self.M, self.num_output)
-        multiply(x, self._weight_nk(bottom).T, y)
+        multiply(self, x, self._weight_nk(bottom).T, y)
         if self.bias_term:
             y += self.blobs[1].data[None, :]
 
@@ -146,10 +146,10 @@ class InnerProductLayer(Layer):
             x = bottom[0].data.reshape(self.M, self.K)
             weight_diff = self.blobs[0].diff
             if self.transpose:
-                add_product(weight_diff.reshape(self.K, self.num_output), x.T, dy)
+                add_product(self, weight_diff.reshape(self.K, self.num_output), x.T, dy)
             else:
-                add_product(weight_diff.reshape(self.num_output, self.K), dy.T, x)
+                add_product(self, weight_diff.reshape(self.num_output, self.K), dy.T, x)
         if self.bias_term and wants_param_grad(self, 1):
             self.blobs[1].diff[...] += dy.sum(axis=0)
         if propagate_down[0]:
-            multiply(dy, self._weight_nk(bottom), bottom[0].diff.reshape(self.M, self.K))
+            multiply(self, dy, self._weight_nk(bottom), bottom[0].diff.reshape(self.M, self.K))

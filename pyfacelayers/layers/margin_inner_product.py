@@ -313,7 +313,7 @@ class MarginInnerProduct(Layer):
                 self.defer_check(lambda it=self.iteration + 1: self._settle(pending, it))
         self.iteration += 1
         lam = self.lambda_ = self._lambda()
-        multiply(x, weight.T, out)
+        multiply(self, x, weight.T, out)
         rows = xp.empty((3, m), self.dtype)  # one allocation for the three per-row values
         saved = {"x_norm": rows[0], "cos_y": rows[1], "logit_y": rows[2]}
         self._kernel(kernels.margin_forward, out, x, labels, float(lam), self.margin_type,
@@ -341,7 +341,7 @@ class MarginInnerProduct(Layer):
 
         if propagate_down[0]:
             bottom_diff = self._matrix(bottom[0].diff, m, k, "features diff (bottom[0])")
-            multiply(top_diff, weight, bottom_diff)
+            multiply(self, top_diff, weight, bottom_diff)
             self._kernel(kernels.margin_backward, bottom_diff, top_diff, x, weight, labels,
                          saved["x_norm"], saved["cos_y"], float(saved["lambda"]),
                          self.margin_type, self.gradient == "normalized")
@@ -365,4 +365,4 @@ class MarginInnerProduct(Layer):
         if xp is not np:  # cuBLAS adds into the diff (beta = 1): no temporary (gpu helper)
             _kernels(xp).add_weight_grad(weight_diff, top_diff, x)
             return
-        add_product(weight_diff, top_diff.T, x)
+        add_product(self, weight_diff, top_diff.T, x)
