@@ -327,6 +327,15 @@ def test_sgd_one_pass_update_is_the_numpy_update_bit_for_bit(element_threads, dt
         np.testing.assert_array_equal(got, want)
 
 
+def test_sgd_one_pass_update_leaves_strided_arrays_to_numpy():
+    from pyfacelayers.solvers.updates import SGDRule
+    rule = SGDRule(caffe_pb2.SolverParameter(momentum=0.9))
+    data, history = np.ones(8, np.float32), np.zeros(8, np.float32)
+    strided = np.ones(16, np.float32)[::2]
+    assert not rule.update_in_one_pass(data, strided, [history], 0.0, 0.1, 1.0)
+    assert (data == 1).all() and (history == 0).all()
+
+
 def test_sgd_one_pass_update_refuses_bad_arrays():
     from pyfacelayers import _C
     a, b = np.zeros(8, np.float32), np.zeros(8, np.float32)

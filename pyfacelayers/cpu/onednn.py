@@ -379,7 +379,8 @@ class _Step:
         return pool[-1]
 
     def run(self, arrays, keys=None):
-        """``arrays``: arg -> numpy array (C-contiguous float32, checked by the caller).
+        """``arrays``: arg -> numpy float32 array in the layout of its descriptor
+        (checked by the caller).
         ``keys``: arg -> a key naming the array's current contents (None: unknown); an
         input whose buffer already holds that key is not reordered again: a TEST net's
         weights are reordered once, not at every pass."""
@@ -614,11 +615,10 @@ class Convolution2d:
         laid_out = (element_strides(array) == strides if strides
                     else array.flags.c_contiguous)
         if array.dtype != np.float32 or not laid_out:
-            raise ValueError("oneDNN convolution: %s must be a %sfloat32 array%s, got %s "
-                             "with strides %s" % (what, "" if strides else "C-contiguous ",
-                                                  " with strides %s" % (strides,) if strides
-                                                  else "", array.dtype,
-                                                  element_strides(array)))
+            wanted = ("float32 array with strides %s" % (strides,) if strides
+                      else "C-contiguous float32 array")
+            raise ValueError("oneDNN convolution: %s must be a %s, got %s with strides %s"
+                             % (what, wanted, array.dtype, element_strides(array)))
         if tuple(array.shape) != tuple(shape):
             raise ValueError("oneDNN convolution: %s has shape %s, expected %s"
                              % (what, tuple(array.shape), tuple(shape)))

@@ -29,10 +29,9 @@ _CACHE_SIZE = 64  # geometries kept (batch sizes x layers); least recently used 
 def _layout(array):
     """(shape, strides in elements) of a 2-D array, or None when oneDNN cannot read it
     in place (neither stride is 1)."""
-    item = array.itemsize
-    if array.ndim != 2 or any(s % item for s in array.strides):
+    if array.ndim != 2 or any(s % array.itemsize for s in array.strides):
         return None
-    strides = tuple(s // item for s in array.strides)
+    strides = onednn.element_strides(array)
     if 1 not in strides and min(array.shape) > 1:
         return None
     return tuple(array.shape), strides

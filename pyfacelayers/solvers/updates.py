@@ -47,8 +47,10 @@ class SGDRule(UpdateRule):
 
     def update_in_one_pass(self, data, diff, history, local_decay, rate, lr_mult):
         # The C++ kernel (csrc/sgd_update.cpp) rounds as the numpy lines above, in one
-        # pass on the element-wise threads; CPU arrays only (cupy keeps the numpy lines).
-        if not all(isinstance(a, np.ndarray) for a in (data, diff, history[0])):
+        # pass on the element-wise threads; C-contiguous CPU arrays only (cupy, or a
+        # view of a shared buffer with gaps, keeps the numpy lines).
+        if not all(isinstance(a, np.ndarray) and a.flags.c_contiguous
+                   for a in (data, diff, history[0])):
             return False
         from .. import _C
         t = diff.dtype.type
